@@ -1,0 +1,85 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from filesvc import __version__
+from filesvc.config import Settings
+from filesvc.db import create_engine, create_session_factory, migrate
+from filesvc.deps import Resources
+from filesvc.errors import install_error_handlers
+from filesvc.routes import files, health
+from filesvc.signing import load_signing_key
+from filesvc.storage import create_storage
+
+logger = logging.getLogger("filesvc")
+
+#: Unfinished writes older than this are debris of a crash, swept at start-up.
+INCOMPLETE_UPLOAD_GRACE_SECONDS = 6 * 3600
+
+
+def static_dir() -> Path:
+    """The web page: ``static/`` of a checkout, or the copy packaged into the wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "static", here / "static"):
+        if (candidate / "index.html").is_file():
+            return candidate
+    return here.parent / "static"
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    engine = create_engine(settings)
+    storage = create_storage(settings)
+    try:
+        if settings.should_auto_migrate:
+            await migrate(engine)
+        try:
+            swept = await storage.sweep_incomplete(INCOMPLETE_UPLOAD_GRACE_SECONDS)
+            if swept:
+                logger.info("swept %d unfinished uploads left by an earlier run", swept)
+        except Exception as exc:  # storage may be down at start-up; serve 503s meanwhile
+            logger.warning("could not sweep unfinished uploads: %s", exc)
+        app.state.resources = Resources(
+            settings=settings,
+            engine=engine,
+            sessions=create_session_factory(engine),
+            storage=storage,
+            signing_key=load_signing_key(settings),
+        )
+        yield
+    finally:
+        await storage.aclose()
+        await engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    app = FastAPI(
+        title="filesvc",
+        version=__version__,
+        summary="File uploads to local disk or S3, stable static URLs, streamed CSV exports.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(files.router, prefix="/api/v1")
+    app.include_router(health.router)
+
+    page = static_dir()
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(page / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=page, check_dir=False), name="static")
+    return app

@@ -1,0 +1,184 @@
+"""Settings, read from ``FILESVC_*`` environment variables and an optional ``.env``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from filesvc.sniffing import DETECTABLE_TYPES
+
+MiB = 1024 * 1024
+
+#: Scopes an API key may carry; ``admin`` implies every other one.
+SCOPES = ("files:write", "files:read", "exports:read", "admin")
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON array or a comma-separated string for list settings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Field docs feed the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FILESVC_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    environment: Literal["development", "production"] = Field(
+        "development",
+        description="`production` refuses unsafe defaults (e.g. a missing signing key).",
+    )
+    data_dir: Path = Field(
+        Path("./data"), description="Directory of the embedded database and local blobs."
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy async URL; empty means `sqlite+aiosqlite:///<data_dir>/filesvc.db`.",
+    )
+    auto_migrate: bool | None = Field(
+        None,
+        description="Apply schema migrations at start-up; default: on for SQLite, off otherwise "
+        "(run `filesvc migrate`).",
+    )
+    storage: Literal["local", "s3"] = Field("local", description="Where file bytes go.")
+    s3_bucket: str = Field("", description="Bucket for `storage=s3`.")
+    s3_prefix: str = Field("", description="Key prefix inside the bucket.")
+    s3_endpoint_url: str | None = Field(
+        None, description="Endpoint of an S3-compatible store (MinIO, Ceph, R2)."
+    )
+    s3_region: str | None = Field(None, description="S3 region.")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "auto", description="S3 addressing style (`path` for most MinIO set-ups)."
+    )
+    s3_part_size: int = Field(
+        8 * MiB, ge=5 * MiB, description="Multipart upload part size in bytes (minimum 5 MiB)."
+    )
+    s3_max_concurrency: int = Field(
+        4, ge=1, le=64, description="Parts in flight per upload, and boto3 worker threads."
+    )
+    s3_redirect: bool = Field(
+        False, description="Answer static URLs with a redirect to a presigned S3 URL."
+    )
+    s3_timeout: float = Field(10.0, gt=0, description="Connect/read timeout of S3 calls, seconds.")
+    max_upload_bytes: int = Field(
+        100 * MiB, gt=0, description="Largest accepted file, in bytes (multipart framing excluded)."
+    )
+    max_batch_files: int = Field(20, ge=1, description="Most files in one batch upload.")
+    max_image_pixels: int = Field(
+        40_000_000, gt=0, description="Largest image (width × height) accepted; bigger is 422."
+    )
+    allowed_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["image/jpeg", "image/png", "image/gif", "image/webp"],
+        description="Content types accepted, detected from the bytes (JSON array or a,b,c).",
+    )
+    max_form_fields: int = Field(
+        16, ge=1, description="Most non-file form fields in one multipart request."
+    )
+    max_field_bytes: int = Field(
+        64 * 1024, ge=1024, description="Largest non-file form field value, in bytes."
+    )
+    max_part_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Largest header block of one multipart part, in bytes."
+    )
+    body_timeout: float = Field(
+        60.0, gt=0, description="Seconds an upload may wait for its next body chunk."
+    )
+    api_keys: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='JSON object mapping API keys to scopes, e.g. `{"k1": ["files:write"]}`; '
+        "empty runs the service open.",
+    )
+    signing_key: SecretStr | None = Field(
+        None,
+        description="HMAC key of signed URLs; in development one is generated under data_dir.",
+    )
+    public_base_url: str | None = Field(
+        None, description="Base of absolute file URLs, e.g. `https://files.example.com`."
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS (JSON array or a,b,c)."
+    )
+    export_tables: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Extra tables or views offered as CSV exports (JSON array or a,b,c).",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level."
+    )
+
+    @field_validator("allowed_types", "cors_origins", "export_tables", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("allowed_types")
+    @classmethod
+    def _detectable(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(DETECTABLE_TYPES))
+        if unknown:
+            raise ValueError(
+                f"cannot detect {', '.join(unknown)} from bytes; "
+                f"known: {', '.join(sorted(DETECTABLE_TYPES))}"
+            )
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _scopes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for key, scopes in value.items():
+            if not key:
+                raise ValueError("an API key may not be empty")
+            bad = sorted(set(scopes) - set(SCOPES))
+            if bad:
+                raise ValueError(f"unknown scope {', '.join(bad)}; known: {', '.join(SCOPES)}")
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ValueError("FILESVC_S3_BUCKET is required when FILESVC_STORAGE=s3")
+        if self.environment == "production" and self.signing_key is None:
+            raise ValueError("FILESVC_SIGNING_KEY is required when FILESVC_ENVIRONMENT=production")
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir.resolve() / 'filesvc.db'}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.effective_database_url.startswith("sqlite")
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line naming the offending variable(s), for start-up failures."""
+    parts = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"])
+        name = f"FILESVC_{field.upper()}" if field else "settings"
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{name}: {message}")
+    return "invalid setting " + "; ".join(parts)

@@ -1,0 +1,1 @@
+"""HTTP routes: parsing and responses only; the work happens in the modules they call."""

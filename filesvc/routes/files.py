@@ -1,0 +1,223 @@
+"""The file API: upload, list, get, delete."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from filesvc import crud
+from filesvc.config import Settings
+from filesvc.deps import ResourcesDep, SessionDep, SettingsDep
+from filesvc.errors import InvalidRequest
+from filesvc.models import StoredFile
+from filesvc.schemas import ErrorBody, FileBatch, FileList, FileOut, Visibility
+from filesvc.uploads import ReceivedFile, discard, receive_multipart, receive_raw
+
+router = APIRouter(prefix="/files", tags=["files"])
+
+_VISIBILITIES = ("public", "private")
+
+
+def file_url(settings: Settings, row: StoredFile) -> str:
+    """The file's static URL, ending in its readable name."""
+    path = f"/files/{row.id}/{quote(row.filename, safe='')}"
+    return f"{settings.public_base_url}{path}" if settings.public_base_url else path
+
+
+def file_out(settings: Settings, row: StoredFile) -> FileOut:
+    return FileOut(
+        id=row.id,
+        filename=row.filename,
+        content_type=row.content_type,
+        size=row.size,
+        sha256=row.sha256,
+        width=row.width,
+        height=row.height,
+        visibility=row.visibility,  # type: ignore[arg-type]
+        created_at=row.created_at,
+        url=file_url(settings, row),
+    )
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+_UPLOAD_ERRORS = _errors(400, 401, 403, 408, 413, 415, 422, 503, 507)
+
+
+def _upload_body(batch: bool) -> dict[str, Any]:
+    file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
+    properties: dict[str, Any] = {
+        "file": {"type": "array", "items": file_schema} if batch else file_schema,
+        "visibility": {"type": "string", "enum": list(_VISIBILITIES), "default": "public"},
+        "sha256": {
+            "type": "string",
+            "pattern": "^[0-9a-fA-F]{64}$",
+            "description": "Expected SHA-256 (hex); must come before the file part.",
+        },
+    }
+    content: dict[str, Any] = {
+        "multipart/form-data": {
+            "schema": {"type": "object", "required": ["file"], "properties": properties}
+        }
+    }
+    if not batch:
+        content["application/octet-stream"] = {"schema": file_schema}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+def _visibility(value: str | None) -> str:
+    if value is None or value == "":
+        return "public"
+    if value not in _VISIBILITIES:
+        raise InvalidRequest("visibility must be 'public' or 'private'.")
+    return value
+
+
+async def _record(
+    resources: ResourcesDep, received: list[ReceivedFile], visibility: str
+) -> list[StoredFile]:
+    """Write the rows of committed files; on any failure their bytes go too."""
+    try:
+        async with resources.sessions() as session:
+            return await crud.add_files(session, received, visibility)
+    except BaseException:
+        await discard(resources.storage, received)
+        raise
+
+
+def _is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").lower().startswith("multipart/")
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=FileOut,
+    summary="Upload one file",
+    description="A multipart/form-data body with one part named `file` (and optional fields "
+    "`visibility`, `sha256`), or any other body as the raw file (name from `?filename=`, "
+    "checksum from an RFC 9530 `Repr-Digest: sha-256=:…:` header). The type is detected "
+    "from the bytes.",
+    openapi_extra=_upload_body(batch=False),
+    responses=_UPLOAD_ERRORS,
+)
+async def upload_file(
+    request: Request,
+    resources: ResourcesDep,
+    filename: Annotated[
+        str | None, Query(max_length=1024, description="Name of a raw upload.")
+    ] = None,
+    visibility: Annotated[
+        Visibility | None, Query(description="Visibility of a raw upload.")
+    ] = None,
+) -> JSONResponse:
+    settings = resources.settings
+    if _is_multipart(request):
+        form = await receive_multipart(request, settings, resources.storage, max_files=1)
+        try:
+            if not form.files:
+                raise InvalidRequest("The form has no part named 'file'.")
+            chosen = _visibility(form.fields.get("visibility", visibility))
+        except BaseException:
+            await discard(resources.storage, form.files)
+            raise
+        received = form.files
+    else:
+        received = [
+            await receive_raw(request, settings, resources.storage, filename=filename)
+        ]
+        chosen = _visibility(visibility)
+    [row] = await _record(resources, received, chosen)
+    return JSONResponse(
+        file_out(settings, row).model_dump(mode="json"),
+        status_code=201,
+        headers={"Location": f"/api/v1/files/{row.id}"},
+    )
+
+
+@router.post(
+    "/batch",
+    status_code=201,
+    response_model=FileBatch,
+    summary="Upload several files, all or nothing",
+    description="Several parts named `file`. If one is refused, none is kept; the error's "
+    "`details` give the part's `index` and `filename`.",
+    openapi_extra=_upload_body(batch=True),
+    responses=_UPLOAD_ERRORS,
+)
+async def upload_batch(request: Request, resources: ResourcesDep) -> FileBatch:
+    settings = resources.settings
+    if not _is_multipart(request):
+        raise InvalidRequest("A batch upload must be multipart/form-data.")
+    form = await receive_multipart(
+        request, settings, resources.storage, max_files=settings.max_batch_files
+    )
+    try:
+        if not form.files:
+            raise InvalidRequest("The form has no part named 'file'.")
+        chosen = _visibility(form.fields.get("visibility"))
+    except BaseException:
+        await discard(resources.storage, form.files)
+        raise
+    rows = await _record(resources, form.files, chosen)
+    return FileBatch(files=[file_out(settings, row) for row in rows])
+
+
+@router.get(
+    "",
+    response_model=FileList,
+    summary="List files, newest first",
+    responses=_errors(400, 401, 403, 503),
+)
+async def list_files(
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    content_type: Annotated[str | None, Query(max_length=127)] = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> FileList:
+    for moment in (created_after, created_before):
+        if moment is not None and moment.tzinfo is None:
+            raise InvalidRequest("Timestamps need a time zone, e.g. 2026-01-01T00:00:00Z.")
+    rows, next_cursor = await crud.list_files(
+        session,
+        limit=limit,
+        cursor=cursor,
+        content_type=content_type,
+        created_after=created_after,
+        created_before=created_before,
+    )
+    return FileList(items=[file_out(settings, row) for row in rows], next_cursor=next_cursor)
+
+
+@router.get(
+    "/{file_id}",
+    response_model=FileOut,
+    summary="One file's metadata",
+    responses=_errors(401, 403, 404, 503),
+)
+async def get_file(file_id: str, session: SessionDep, settings: SettingsDep) -> FileOut:
+    return file_out(settings, await crud.get_file(session, file_id))
+
+
+@router.delete(
+    "/{file_id}",
+    status_code=204,
+    summary="Delete a file and its bytes",
+    responses=_errors(401, 403, 404, 503),
+)
+async def delete_file(file_id: str, session: SessionDep, resources: ResourcesDep) -> Response:
+    row = await crud.get_file(session, file_id)
+    # The row goes first: a failure in between leaves unlisted bytes (which
+    # `filesvc check` finds), never a listed file without bytes.
+    await crud.delete_file(session, row)
+    await resources.storage.delete(row.storage_key)
+    return Response(status_code=204)

@@ -1,0 +1,55 @@
+"""Response bodies of the JSON API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_serializer
+
+Visibility = Literal["public", "private"]
+
+
+class FileOut(BaseModel):
+    id: str = Field(description="Opaque URL-safe id; never begins with - = + or @.")
+    filename: str = Field(description="The client's file name, sanitised; metadata only.")
+    content_type: str = Field(description="Detected from the bytes.")
+    size: int = Field(description="Bytes.")
+    sha256: str = Field(description="Hex SHA-256 of the stored bytes.")
+    width: int | None = Field(description="Pixels, for images.")
+    height: int | None = Field(description="Pixels, for images.")
+    visibility: Visibility
+    created_at: datetime
+    url: str = Field(description="The file's static URL.")
+
+    @field_serializer("created_at")
+    def _zulu(self, value: datetime) -> str:
+        return value.isoformat().replace("+00:00", "Z")
+
+
+class FileList(BaseModel):
+    items: list[FileOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+
+
+class FileBatch(BaseModel):
+    files: list[FileOut]
+
+
+class SignedUrl(BaseModel):
+    url: str
+    expires_at: datetime
+
+    @field_serializer("expires_at")
+    def _zulu(self, value: datetime) -> str:
+        return value.isoformat().replace("+00:00", "Z")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="snake_case error code.")
+    message: str = Field(description="Human sentence.")
+    details: Any | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

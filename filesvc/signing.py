@@ -1,0 +1,59 @@
+"""Signed URLs for private files: HMAC-SHA256 over the file id and the expiry."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import time
+
+from filesvc.config import Settings
+from filesvc.errors import InvalidSignature
+
+logger = logging.getLogger("filesvc")
+
+#: File under the data directory holding the generated development key.
+KEY_FILE = "signing.key"
+
+
+def load_signing_key(settings: Settings) -> bytes:
+    """The configured key; in development, one generated once and kept in the data directory."""
+    if settings.signing_key is not None:
+        return settings.signing_key.get_secret_value().encode()
+    path = settings.data_dir / KEY_FILE
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another worker won the race
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as file:
+        file.write(key)
+    logger.warning("FILESVC_SIGNING_KEY is not set: generated one in %s", path)
+    return key
+
+
+def signature(key: bytes, file_id: str, expires: int) -> str:
+    message = f"{file_id}:{expires}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def verify(key: bytes, file_id: str, expires: str | None, given: str | None) -> None:
+    """Raise :class:`InvalidSignature` unless ``given`` signs ``file_id`` until ``expires``."""
+    if expires is None or given is None:
+        raise InvalidSignature()
+    try:
+        moment = int(expires)
+    except ValueError as exc:
+        raise InvalidSignature() from exc
+    expected = signature(key, file_id, moment)
+    if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
+        raise InvalidSignature()
+    if moment < time.time():
+        raise InvalidSignature("The signed URL has expired.")

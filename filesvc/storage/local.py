@@ -1,0 +1,188 @@
+"""Local-disk storage: one file per key under a root directory.
+
+A write goes to a hidden temporary file beside its final path, is fsynced,
+and is renamed into place on commit, so a reader (or a crash) never sees a
+partial object at a final path. Temporaries left by a crash are swept at
+start-up.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiofiles
+import aiofiles.os
+import anyio
+
+from filesvc.errors import InsufficientStorage, StorageUnavailable
+from filesvc.storage.base import ObjectNotFound, Storage, StoredObject, StorageWriter
+
+#: Suffix of in-progress writes; never a suffix of a committed key.
+TEMP_SUFFIX = ".part"
+_KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+@contextmanager
+def _translated_os_errors() -> Iterator[None]:
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise InsufficientStorage() from exc
+        raise StorageUnavailable(f"The file storage failed: {exc.strerror or exc}.") from exc
+
+
+class LocalWriter(StorageWriter):
+    def __init__(self, final: Path, temp: Path, file: Any) -> None:
+        self._final = final
+        self._temp = temp
+        self._file = file
+        self._closed = False
+
+    async def write(self, data: bytes) -> None:
+        with _translated_os_errors():
+            await self._file.write(data)
+
+    async def commit(self) -> None:
+        with _translated_os_errors():
+            await self._file.flush()
+            await anyio.to_thread.run_sync(os.fsync, self._file.fileno())
+            await self._close()
+            await aiofiles.os.replace(self._temp, self._final)
+            await anyio.to_thread.run_sync(_fsync_dir, self._final.parent)
+        self.committed = True
+
+    async def abort(self) -> None:
+        await self._close()
+        try:
+            await aiofiles.os.remove(self._temp)
+        except FileNotFoundError:
+            pass
+
+    async def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            await self._file.close()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStorage(Storage):
+    name = "local"
+    #: Bytes read from disk per chunk when streaming a file out.
+    chunk_size = 256 * 1024
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def path(self, key: str) -> Path:
+        """The file of a key; the one place that turns keys into paths."""
+        if not _KEY.match(key):
+            raise ObjectNotFound(key)
+        path = (self.root / key).resolve()
+        if os.path.commonpath([self.root, path]) != str(self.root):
+            raise ObjectNotFound(key)
+        return path
+
+    async def create_writer(self, key: str) -> StorageWriter:
+        final = self.path(key)
+        temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        with _translated_os_errors():
+            await aiofiles.os.makedirs(final.parent, exist_ok=True)
+            file = await aiofiles.open(temp, "xb", buffering=0)
+        return LocalWriter(final, temp, file)
+
+    async def open_reader(
+        self, key: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        try:
+            file = await aiofiles.open(self.path(key), "rb", buffering=0)
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+        return self._chunks(file, offset, length)
+
+    async def _chunks(self, file: Any, offset: int, length: int | None) -> AsyncIterator[bytes]:
+        try:
+            if offset:
+                await file.seek(offset)
+            remaining = length
+            while remaining is None or remaining > 0:
+                size = self.chunk_size if remaining is None else min(self.chunk_size, remaining)
+                chunk = await file.read(size)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+        finally:
+            await file.close()
+
+    async def stat(self, key: str) -> StoredObject:
+        try:
+            result = await aiofiles.os.stat(self.path(key))
+        except FileNotFoundError as exc:
+            raise ObjectNotFound(key) from exc
+        return StoredObject(key=key, size=result.st_size)
+
+    async def delete(self, key: str) -> None:
+        try:
+            await aiofiles.os.remove(self.path(key))
+        except (FileNotFoundError, ObjectNotFound):
+            pass
+
+    async def check(self) -> None:
+        def probe() -> None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "not readable and writable", str(self.root))
+
+        try:
+            await anyio.to_thread.run_sync(probe)
+        except OSError as exc:
+            raise StorageUnavailable(f"Local storage at {self.root} is unusable: {exc}.") from exc
+
+    async def iter_keys(self) -> AsyncIterator[str]:
+        paths = await anyio.to_thread.run_sync(self._committed_paths)
+        for path in paths:
+            yield path.relative_to(self.root).as_posix()
+
+    def _committed_paths(self) -> list[Path]:
+        if not self.root.exists():
+            return []
+        return sorted(
+            p for p in self.root.rglob("*") if p.is_file() and not p.name.startswith(".")
+        )
+
+    async def sweep_incomplete(self, older_than: float) -> int:
+        def sweep() -> int:
+            if not self.root.exists():
+                return 0
+            cutoff = time.time() - older_than
+            removed = 0
+            for path in self.root.rglob(f".*{TEMP_SUFFIX}"):
+                try:
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    continue
+            return removed
+
+        return await anyio.to_thread.run_sync(sweep)

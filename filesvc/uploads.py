@@ -1,0 +1,470 @@
+"""Request stream → multipart parser → validation → storage, SHA-256 on the way.
+
+Nothing here holds a whole file or spools it to a temporary file: bytes are
+parsed as they arrive, gathered into chunks of :attr:`FileReceiver.flush_bytes`
+and handed to a worker thread (hashing, image decoding) and to the storage
+writer while the next chunk is being received. A refusal (413, 415, 422) or a
+failure aborts the storage write, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import os
+import re
+import unicodedata
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from filesvc.config import Settings
+from filesvc.errors import (
+    ChecksumMismatch,
+    FilesvcError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMediaType,
+)
+from filesvc.imaging import ImageProbe
+from filesvc.sniffing import RASTER_IMAGE_TYPES, SNIFF_BYTES, detect
+from filesvc.storage import Storage, StorageWriter, new_key, open_writer
+
+#: Longest stored file name, in characters.
+MAX_FILENAME_CHARS = 255
+#: Multipart framing allowed on top of the file limit before Content-Length alone refuses.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+_REPR_DIGEST = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]+):", re.IGNORECASE)
+
+
+def new_file_id() -> str:
+    """26 characters of base32: URL-safe, never starting with - = + or @."""
+    return base64.b32encode(os.urandom(16)).decode().rstrip("=").lower()
+
+
+def sanitize_filename(raw: str | None, content_type: str | None = None) -> str:
+    """A display name: last path part, no control or bidi characters, bounded length."""
+    name = unicodedata.normalize("NFC", raw or "")
+    name = re.split(r"[/\\]", name)[-1]
+    name = "".join(
+        ch for ch in name if unicodedata.category(ch) not in {"Cc", "Cf", "Cs", "Co", "Cn"}
+    )
+    name = name.strip().lstrip(".").strip()
+    if len(name) > MAX_FILENAME_CHARS:
+        stem, dot, ext = name.rpartition(".")
+        if dot and 0 < len(ext) <= 16:
+            name = stem[: MAX_FILENAME_CHARS - len(ext) - 1] + "." + ext
+        else:
+            name = name[:MAX_FILENAME_CHARS]
+    return name or "file"
+
+
+@dataclass(slots=True)
+class ReceivedFile:
+    """A file whose bytes are committed to storage under ``key``."""
+
+    id: str
+    key: str
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    width: int | None
+    height: int | None
+
+
+@dataclass(slots=True)
+class UploadForm:
+    files: list[ReceivedFile] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+class FileReceiver:
+    """Receives one file's bytes: size limit, type sniffing, SHA-256, image check, storage."""
+
+    #: Bytes gathered before one hand-over to a worker thread and to storage.
+    flush_bytes = 1024 * 1024
+
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        *,
+        filename: str | None,
+        expected_sha256: str | None = None,
+    ) -> None:
+        self._settings = settings
+        self._storage = storage
+        self.id = new_file_id()
+        self.key = new_key(self.id)
+        self.filename = sanitize_filename(filename)
+        self.expected_sha256 = expected_sha256
+        self.size = 0
+        self.content_type: str | None = None
+        self._hash = hashlib.sha256()
+        self._buffer = bytearray()
+        self._inflight: asyncio.Task[None] | None = None
+        self._probe: ImageProbe | None = None
+        self._stack = AsyncExitStack()
+        self._writer: StorageWriter | None = None
+
+    async def __aenter__(self) -> FileReceiver:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._inflight is not None and not self._inflight.done():
+                self._inflight.cancel()
+                try:
+                    await self._inflight
+                except BaseException:
+                    pass
+            if self._probe is not None and exc_info[0] is not None:
+                self._probe.abandon()
+            await self._stack.aclose()
+
+    async def feed(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self._settings.max_upload_bytes:
+            raise PayloadTooLarge(
+                f"The file is larger than the limit of {self._settings.max_upload_bytes} bytes."
+            )
+        self._buffer += data
+        if self.content_type is None:
+            if len(self._buffer) < SNIFF_BYTES:
+                return
+            await self._start()
+        if len(self._buffer) >= self.flush_bytes:
+            await self._flush()
+        elif self._probe is not None and self._probe.error is not None:
+            raise self._probe.error
+
+    async def _start(self) -> None:
+        content_type = detect(bytes(self._buffer[:SNIFF_BYTES]))
+        if content_type is None or content_type not in self._settings.allowed_types:
+            allowed = ", ".join(self._settings.allowed_types)
+            what = "empty" if not self._buffer else f"of type {content_type or 'unknown'}"
+            raise UnsupportedMediaType(f"The file is {what}; allowed types: {allowed}.")
+        self.content_type = content_type
+        if content_type in RASTER_IMAGE_TYPES:
+            self._probe = ImageProbe(content_type, self._settings.max_image_pixels)
+        self._writer = await self._stack.enter_async_context(open_writer(self._storage, self.key))
+
+    async def _flush(self) -> None:
+        if self._inflight is not None:
+            await self._inflight
+            self._inflight = None
+        if self._probe is not None and self._probe.error is not None:
+            raise self._probe.error
+        if not self._buffer:
+            return
+        chunk = bytes(self._buffer)
+        self._buffer.clear()
+        # Hashing, decoding and disk writes overlap with receiving the next chunk.
+        self._inflight = asyncio.create_task(self._store(chunk))
+
+    async def _store(self, chunk: bytes) -> None:
+        await anyio.to_thread.run_sync(self._digest, chunk)
+        assert self._writer is not None
+        await self._writer.write(chunk)
+
+    def _digest(self, chunk: bytes) -> None:
+        self._hash.update(chunk)
+        if self._probe is not None:
+            self._probe.feed(chunk)
+
+    async def finish(self) -> ReceivedFile:
+        """Validate what was received and commit it to storage."""
+        if self.content_type is None:
+            await self._start()
+        await self._flush()
+        if self._inflight is not None:
+            await self._inflight
+            self._inflight = None
+        width = height = None
+        if self._probe is not None:
+            width, height = await anyio.to_thread.run_sync(self._probe.finish)
+        sha256 = self._hash.hexdigest()
+        if self.expected_sha256 is not None and self.expected_sha256 != sha256:
+            raise ChecksumMismatch(
+                details={"expected": self.expected_sha256, "received": sha256}
+            )
+        assert self._writer is not None and self.content_type is not None
+        await self._writer.commit()
+        return ReceivedFile(
+            id=self.id,
+            key=self.key,
+            filename=self.filename,
+            content_type=self.content_type,
+            size=self.size,
+            sha256=sha256,
+            width=width,
+            height=height,
+        )
+
+
+async def _body_chunks(request: Request, timeout: float) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a client that stalls longer than ``timeout`` is cut off."""
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            with anyio.fail_after(timeout):
+                chunk = await stream.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise RequestTimeout(
+                f"The request body stalled for more than {timeout:g} seconds."
+            ) from exc
+        except ClientDisconnect:
+            raise
+        if chunk:
+            yield chunk
+
+
+def check_content_length(request: Request, limit: int) -> None:
+    """Early refusal from the header alone; the streamed count is what really decides."""
+    header = request.headers.get("content-length")
+    if header is None:
+        return
+    try:
+        length = int(header)
+    except ValueError as exc:
+        raise InvalidRequest("Content-Length is not a number.") from exc
+    if length > limit:
+        raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+
+
+def parse_sha256_hex(value: str) -> str:
+    if not _SHA256_HEX.match(value.strip()):
+        raise InvalidRequest("The sha256 field must be 64 hexadecimal characters.")
+    return value.strip().lower()
+
+
+def parse_repr_digest(header: str | None) -> str | None:
+    """The SHA-256 stated by an RFC 9530 ``Repr-Digest`` header, as hex."""
+    if header is None:
+        return None
+    match = _REPR_DIGEST.search(header)
+    if match is None:
+        return None  # other algorithms are allowed, and ignored
+    try:
+        digest = base64.b64decode(match.group(1), validate=True)
+    except binascii.Error as exc:
+        raise InvalidRequest("Repr-Digest sha-256 is not valid base64.") from exc
+    if len(digest) != 32:
+        raise InvalidRequest("Repr-Digest sha-256 must be 32 bytes.")
+    return digest.hex()
+
+
+async def receive_raw(
+    request: Request, settings: Settings, storage: Storage, *, filename: str | None
+) -> ReceivedFile:
+    """A non-multipart body is the file itself."""
+    check_content_length(request, settings.max_upload_bytes)
+    expected = parse_repr_digest(request.headers.get("repr-digest"))
+    async with FileReceiver(
+        settings, storage, filename=filename, expected_sha256=expected
+    ) as receiver:
+        async for chunk in _body_chunks(request, settings.body_timeout):
+            await receiver.feed(chunk)
+        return await receiver.finish()
+
+
+class _Part:
+    __slots__ = ("headers", "name", "filename", "is_file", "value", "receiver")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.name = ""
+        self.filename: str | None = None
+        self.is_file = False
+        self.value = bytearray()
+        self.receiver: FileReceiver | None = None
+
+
+async def receive_multipart(
+    request: Request,
+    settings: Settings,
+    storage: Storage,
+    *,
+    max_files: int,
+) -> UploadForm:
+    """Parse a multipart/form-data body as it streams in.
+
+    Files are committed to storage one by one as their part ends; if anything
+    fails before the whole body is read, the committed ones are deleted again.
+    """
+    content_type, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if content_type != b"multipart/form-data" or not boundary:
+        raise InvalidRequest("Expected multipart/form-data with a boundary.")
+    if len(boundary) > 200:
+        raise InvalidRequest("The multipart boundary is longer than 200 characters.")
+    check_content_length(
+        request, settings.max_upload_bytes * max_files + MULTIPART_OVERHEAD_BYTES
+    )
+
+    form = UploadForm()
+    events: list[tuple[str, Any]] = []
+    header_field = bytearray()
+    header_value = bytearray()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        header_field.extend(data[start:end])
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        header_value.extend(data[start:end])
+
+    def on_header_end() -> None:
+        events.append(("header", (bytes(header_field), bytes(header_value))))
+        header_field.clear()
+        header_value.clear()
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": lambda: events.append(("begin", None)),
+            "on_part_data": lambda d, s, e: events.append(("data", d[s:e])),
+            "on_part_end": lambda: events.append(("end", None)),
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": lambda: events.append(("headers_done", None)),
+            "on_end": lambda: events.append(("finished", None)),
+        },
+    )
+
+    try:
+        await _parse_parts(request, settings, storage, parser, events, form, max_files)
+    except BaseException:
+        await discard(storage, form.files)
+        raise
+    return form
+
+
+async def _parse_parts(
+    request: Request,
+    settings: Settings,
+    storage: Storage,
+    parser: MultipartParser,
+    events: list[tuple[str, Any]],
+    form: UploadForm,
+    max_files: int,
+) -> None:
+    async with AsyncExitStack() as stack:
+        part: _Part | None = None
+        header_bytes = 0
+        finished = False
+        async for chunk in _body_chunks(request, settings.body_timeout):
+            try:
+                parser.write(chunk)
+            except MultipartParseError as exc:
+                raise InvalidRequest(f"Malformed multipart body: {exc}.") from exc
+            for kind, value in events:
+                if kind == "begin":
+                    part = _Part()
+                    header_bytes = 0
+                elif kind == "header":
+                    assert part is not None
+                    header_bytes += len(value[0]) + len(value[1])
+                    if header_bytes > settings.max_part_header_bytes or len(part.headers) > 32:
+                        raise InvalidRequest("A multipart part's headers are too large.")
+                    part.headers.append(value)
+                elif kind == "headers_done":
+                    assert part is not None
+                    _describe_part(part)
+                    if part.is_file:
+                        if part.name != "file":
+                            raise InvalidRequest(
+                                f"Unexpected file part {part.name!r}; files go in parts named 'file'."
+                            )
+                        if len(form.files) >= max_files:
+                            raise InvalidRequest(
+                                f"At most {max_files} file part(s) are accepted here."
+                            )
+                        expected = form.fields.get("sha256")
+                        part.receiver = await stack.enter_async_context(
+                            FileReceiver(
+                                settings,
+                                storage,
+                                filename=part.filename,
+                                expected_sha256=parse_sha256_hex(expected) if expected else None,
+                            )
+                        )
+                    elif len(form.fields) >= settings.max_form_fields:
+                        raise InvalidRequest(
+                            f"More than {settings.max_form_fields} form fields."
+                        )
+                elif kind == "data":
+                    assert part is not None
+                    if part.receiver is not None:
+                        await part.receiver.feed(value)
+                    else:
+                        part.value += value
+                        if len(part.value) > settings.max_field_bytes:
+                            raise InvalidRequest(
+                                f"Form field {part.name!r} is longer than "
+                                f"{settings.max_field_bytes} bytes."
+                            )
+                elif kind == "end":
+                    assert part is not None
+                    if part.receiver is not None:
+                        index = len(form.files)
+                        try:
+                            received = await part.receiver.finish()
+                        except FilesvcError as exc:
+                            if max_files > 1:
+                                exc.with_details(
+                                    {"index": index, "filename": part.receiver.filename}
+                                )
+                            raise
+                        form.files.append(received)
+                    else:
+                        form.fields[part.name] = _decode_field(part)
+                    part = None
+                elif kind == "finished":
+                    finished = True
+            events.clear()
+        if not finished:
+            raise InvalidRequest("The multipart body ended before its final boundary.")
+
+
+def _describe_part(part: _Part) -> None:
+    disposition = None
+    for name, value in part.headers:
+        if name.lower() == b"content-disposition":
+            disposition = value
+    if disposition is None:
+        raise InvalidRequest("A multipart part has no Content-Disposition header.")
+    kind, options = parse_options_header(disposition)
+    if kind != b"form-data" or b"name" not in options:
+        raise InvalidRequest("A multipart part is not form-data with a name.")
+    part.name = options[b"name"].decode("utf-8", "replace")
+    if b"filename" in options:
+        part.is_file = True
+        part.filename = options[b"filename"].decode("utf-8", "replace")
+
+
+def _decode_field(part: _Part) -> str:
+    try:
+        return bytes(part.value).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"Form field {part.name!r} is not UTF-8.") from exc
+
+
+async def discard(storage: Storage, files: list[ReceivedFile]) -> None:
+    """Remove committed files whose upload as a whole failed."""
+    with anyio.CancelScope(shield=True):
+        for received in files:
+            await storage.delete(received.key)
