@@ -91,9 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     serve.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], help="override FILESVC_LOG_LEVEL"
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="override FILESVC_LOG_LEVEL",
     )
-    serve.add_argument("--reload", action="store_true", help="restart on code changes (development)")
+    serve.add_argument(
+        "--reload", action="store_true", help="restart on code changes (development)"
+    )
     serve.add_argument(
         "--graceful-timeout",
         type=float,

@@ -29,7 +29,9 @@ class FileOut(BaseModel):
 
 class FileList(BaseModel):
     items: list[FileOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
 
 
 class FileBatch(BaseModel):

@@ -196,9 +196,7 @@ class FileReceiver:
             width, height = await anyio.to_thread.run_sync(self._probe.finish)
         sha256 = self._hash.hexdigest()
         if self.expected_sha256 is not None and self.expected_sha256 != sha256:
-            raise ChecksumMismatch(
-                details={"expected": self.expected_sha256, "received": sha256}
-            )
+            raise ChecksumMismatch(details={"expected": self.expected_sha256, "received": sha256})
         assert self._writer is not None and self.content_type is not None
         await self._writer.commit()
         return ReceivedFile(
@@ -311,9 +309,7 @@ async def receive_multipart(
         raise InvalidRequest("Expected multipart/form-data with a boundary.")
     if len(boundary) > 200:
         raise InvalidRequest("The multipart boundary is longer than 200 characters.")
-    check_content_length(
-        request, settings.max_upload_bytes * max_files + MULTIPART_OVERHEAD_BYTES
-    )
+    check_content_length(request, settings.max_upload_bytes * max_files + MULTIPART_OVERHEAD_BYTES)
 
     form = UploadForm()
     events: list[tuple[str, Any]] = []
@@ -387,7 +383,8 @@ async def _parse_parts(
                     if part.is_file:
                         if part.name != "file":
                             raise InvalidRequest(
-                                f"Unexpected file part {part.name!r}; files go in parts named 'file'."
+                                f"Unexpected file part {part.name!r}: "
+                                "files go in parts named 'file'."
                             )
                         if len(form.files) >= max_files:
                             raise InvalidRequest(
@@ -403,9 +400,7 @@ async def _parse_parts(
                             )
                         )
                     elif len(form.fields) >= settings.max_form_fields:
-                        raise InvalidRequest(
-                            f"More than {settings.max_form_fields} form fields."
-                        )
+                        raise InvalidRequest(f"More than {settings.max_form_fields} form fields.")
                 elif kind == "data":
                     assert part is not None
                     if part.receiver is not None:

@@ -37,7 +37,7 @@ def file_out(settings: Settings, row: StoredFile) -> FileOut:
         sha256=row.sha256,
         width=row.width,
         height=row.height,
-        visibility=row.visibility,  # type: ignore[arg-type]
+        visibility=row.visibility,
         created_at=row.created_at,
         url=file_url(settings, row),
     )
@@ -129,9 +129,7 @@ async def upload_file(
             raise
         received = form.files
     else:
-        received = [
-            await receive_raw(request, settings, resources.storage, filename=filename)
-        ]
+        received = [await receive_raw(request, settings, resources.storage, filename=filename)]
         chosen = _visibility(visibility)
     [row] = await _record(resources, received, chosen)
     return JSONResponse(

@@ -43,5 +43,7 @@ async def readyz(resources: ResourcesDep) -> dict[str, Any] | JSONResponse:
         body = error_body(
             "not_ready", f"Unavailable: {', '.join(failed)}.", details={"checks": checks}
         )
-        return JSONResponse(body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return JSONResponse(
+            body, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
     return {"status": "ok", "checks": checks}

@@ -6,8 +6,8 @@ from filesvc.config import Settings
 from filesvc.storage.base import (
     ObjectNotFound,
     Storage,
-    StoredObject,
     StorageWriter,
+    StoredObject,
     new_key,
     open_writer,
 )

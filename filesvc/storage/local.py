@@ -23,7 +23,7 @@ import aiofiles.os
 import anyio
 
 from filesvc.errors import InsufficientStorage, StorageUnavailable
-from filesvc.storage.base import ObjectNotFound, Storage, StoredObject, StorageWriter
+from filesvc.storage.base import ObjectNotFound, Storage, StorageWriter, StoredObject
 
 #: Suffix of in-progress writes; never a suffix of a committed key.
 TEMP_SUFFIX = ".part"
@@ -166,9 +166,7 @@ class LocalStorage(Storage):
     def _committed_paths(self) -> list[Path]:
         if not self.root.exists():
             return []
-        return sorted(
-            p for p in self.root.rglob("*") if p.is_file() and not p.name.startswith(".")
-        )
+        return sorted(p for p in self.root.rglob("*") if p.is_file() and not p.name.startswith("."))
 
     async def sweep_incomplete(self, older_than: float) -> int:
         def sweep() -> int:
