@@ -359,80 +359,103 @@ async def _parse_parts(
     max_files: int,
 ) -> None:
     async with AsyncExitStack() as stack:
-        part: _Part | None = None
-        header_bytes = 0
-        finished = False
+        state = _FormState(settings, storage, form, max_files, stack)
         async for chunk in _body_chunks(request, settings.body_timeout):
             try:
                 parser.write(chunk)
             except MultipartParseError as exc:
                 raise InvalidRequest(f"Malformed multipart body: {exc}.") from exc
-            for kind, value in events:
-                if kind == "begin":
-                    part = _Part()
-                    header_bytes = 0
-                elif kind == "header":
-                    assert part is not None
-                    header_bytes += len(value[0]) + len(value[1])
-                    if header_bytes > settings.max_part_header_bytes or len(part.headers) > 32:
-                        raise InvalidRequest("A multipart part's headers are too large.")
-                    part.headers.append(value)
-                elif kind == "headers_done":
-                    assert part is not None
-                    _describe_part(part)
-                    if part.is_file:
-                        if part.name != "file":
-                            raise InvalidRequest(
-                                f"Unexpected file part {part.name!r}: "
-                                "files go in parts named 'file'."
-                            )
-                        if len(form.files) >= max_files:
-                            raise InvalidRequest(
-                                f"At most {max_files} file part(s) are accepted here."
-                            )
-                        expected = form.fields.get("sha256")
-                        part.receiver = await stack.enter_async_context(
-                            FileReceiver(
-                                settings,
-                                storage,
-                                filename=part.filename,
-                                expected_sha256=parse_sha256_hex(expected) if expected else None,
-                            )
-                        )
-                    elif len(form.fields) >= settings.max_form_fields:
-                        raise InvalidRequest(f"More than {settings.max_form_fields} form fields.")
-                elif kind == "data":
-                    assert part is not None
-                    if part.receiver is not None:
-                        await part.receiver.feed(value)
-                    else:
-                        part.value += value
-                        if len(part.value) > settings.max_field_bytes:
-                            raise InvalidRequest(
-                                f"Form field {part.name!r} is longer than "
-                                f"{settings.max_field_bytes} bytes."
-                            )
-                elif kind == "end":
-                    assert part is not None
-                    if part.receiver is not None:
-                        index = len(form.files)
-                        try:
-                            received = await part.receiver.finish()
-                        except FilesvcError as exc:
-                            if max_files > 1:
-                                exc.with_details(
-                                    {"index": index, "filename": part.receiver.filename}
-                                )
-                            raise
-                        form.files.append(received)
-                    else:
-                        form.fields[part.name] = _decode_field(part)
-                    part = None
-                elif kind == "finished":
-                    finished = True
-            events.clear()
-        if not finished:
+            try:
+                for kind, value in events:
+                    await state.handle(kind, value)
+            except FilesvcError as exc:
+                part = state.part
+                if max_files > 1 and part is not None and part.is_file:
+                    name = sanitize_filename(part.filename)
+                    exc.with_details({"index": len(form.files), "filename": name})
+                raise
+            finally:
+                events.clear()
+        if not state.finished:
             raise InvalidRequest("The multipart body ended before its final boundary.")
+
+
+class _FormState:
+    """What the parser's events have built so far: the current part and the form."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        form: UploadForm,
+        max_files: int,
+        stack: AsyncExitStack,
+    ) -> None:
+        self._settings = settings
+        self._storage = storage
+        self._form = form
+        self._max_files = max_files
+        self._stack = stack
+        self._header_bytes = 0
+        self.part: _Part | None = None
+        self.finished = False
+
+    async def handle(self, kind: str, value: Any) -> None:
+        if kind == "begin":
+            self.part = _Part()
+            self._header_bytes = 0
+            return
+        if kind == "finished":
+            self.finished = True
+            return
+        part = self.part
+        assert part is not None
+        if kind == "header":
+            self._header_bytes += len(value[0]) + len(value[1])
+            if self._header_bytes > self._settings.max_part_header_bytes or len(part.headers) > 32:
+                raise InvalidRequest("A multipart part's headers are too large.")
+            part.headers.append(value)
+        elif kind == "headers_done":
+            await self._begin_part(part)
+        elif kind == "data":
+            if part.receiver is not None:
+                await part.receiver.feed(value)
+            else:
+                part.value += value
+                if len(part.value) > self._settings.max_field_bytes:
+                    raise InvalidRequest(
+                        f"Form field {part.name!r} is longer than "
+                        f"{self._settings.max_field_bytes} bytes."
+                    )
+        elif kind == "end":
+            if part.receiver is not None:
+                self._form.files.append(await part.receiver.finish())
+            else:
+                self._form.fields[part.name] = _decode_field(part)
+            self.part = None
+
+    async def _begin_part(self, part: _Part) -> None:
+        _describe_part(part)
+        form = self._form
+        if not part.is_file:
+            if len(form.fields) >= self._settings.max_form_fields:
+                raise InvalidRequest(f"More than {self._settings.max_form_fields} form fields.")
+            return
+        if part.name != "file":
+            raise InvalidRequest(
+                f"Unexpected file part {part.name!r}: files go in parts named 'file'."
+            )
+        if len(form.files) >= self._max_files:
+            raise InvalidRequest(f"At most {self._max_files} file part(s) are accepted here.")
+        expected = form.fields.get("sha256")
+        part.receiver = await self._stack.enter_async_context(
+            FileReceiver(
+                self._settings,
+                self._storage,
+                filename=part.filename,
+                expected_sha256=parse_sha256_hex(expected) if expected else None,
+            )
+        )
 
 
 def _describe_part(part: _Part) -> None:
