@@ -11,11 +11,12 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from filesvc import __version__
+from filesvc import __version__, auth
 from filesvc.config import Settings
 from filesvc.db import create_engine, create_session_factory, migrate
 from filesvc.deps import Resources
 from filesvc.errors import install_error_handlers
+from filesvc.origins import install_origins
 from filesvc.routes import files, health
 from filesvc.signing import load_signing_key
 from filesvc.storage import create_storage
@@ -38,6 +39,7 @@ def static_dir() -> Path:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    auth.warn_if_open(settings)
     engine = create_engine(settings)
     storage = create_storage(settings)
     try:
@@ -72,7 +74,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    app.include_router(files.router, prefix="/api/v1")
+    auth.install_keyring(app, settings)
+    # Every /api route goes into this router: it needs a key and a declared scope.
+    api = auth.api_router()
+    api.include_router(files.router)
+    app.include_router(api)
     app.include_router(health.router)
 
     page = static_dir()
@@ -82,4 +88,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(page / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=page, check_dir=False), name="static")
+    install_origins(app, settings)
+    auth.check_routes(app)
     return app

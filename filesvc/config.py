@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -93,6 +94,15 @@ class Settings(BaseSettings):
     body_timeout: float = Field(
         60.0, gt=0, description="Seconds an upload may wait for its next body chunk."
     )
+    min_body_rate: int = Field(
+        1024,
+        ge=0,
+        description="Slowest average rate of an upload body, in bytes per second, enforced "
+        "once it has lasted `body_timeout` seconds (0 turns it off): cuts off trickling clients.",
+    )
+    body_deadline: float = Field(
+        3600.0, gt=0, description="Seconds an upload body may take in all, however fast."
+    )
     api_keys: dict[str, list[str]] = Field(
         default_factory=dict,
         description='JSON object mapping API keys to scopes, e.g. `{"k1": ["files:write"]}`; '
@@ -108,6 +118,11 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Origins allowed by CORS (JSON array or a,b,c)."
     )
+    trusted_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the service answers (`*.example.com` allowed; JSON array or "
+        "a,b,c); empty accepts any Host.",
+    )
     export_tables: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Extra tables or views offered as CSV exports (JSON array or a,b,c).",
@@ -116,7 +131,9 @@ class Settings(BaseSettings):
         "info", description="Log level."
     )
 
-    @field_validator("allowed_types", "cors_origins", "export_tables", mode="before")
+    @field_validator(
+        "allowed_types", "cors_origins", "export_tables", "trusted_hosts", mode="before"
+    )
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
@@ -141,6 +158,22 @@ class Settings(BaseSettings):
             bad = sorted(set(scopes) - set(SCOPES))
             if bad:
                 raise ValueError(f"unknown scope {', '.join(bad)}; known: {', '.join(SCOPES)}")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+        return value
+
+    @field_validator("trusted_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for host in value:
+            if "*" in host.removeprefix("*.") or "/" in host or not host:
+                raise ValueError(f"{host!r} is not a host name or a pattern like *.example.com")
         return value
 
     @field_validator("public_base_url")

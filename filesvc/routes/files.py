@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from filesvc import crud
+from filesvc.auth import require
 from filesvc.config import Settings
 from filesvc.deps import ResourcesDep, SessionDep, SettingsDep
 from filesvc.errors import InvalidRequest
@@ -100,6 +101,7 @@ def _is_multipart(request: Request) -> bool:
     status_code=201,
     response_model=FileOut,
     summary="Upload one file",
+    dependencies=[require("files:write")],
     description="A multipart/form-data body with one part named `file` (and optional fields "
     "`visibility`, `sha256`), or any other body as the raw file (name from `?filename=`, "
     "checksum from an RFC 9530 `Repr-Digest: sha-256=:…:` header). The type is detected "
@@ -144,6 +146,7 @@ async def upload_file(
     status_code=201,
     response_model=FileBatch,
     summary="Upload several files, all or nothing",
+    dependencies=[require("files:write")],
     description="Several parts named `file`. If one is refused, none is kept; the error's "
     "`details` give the part's `index` and `filename`.",
     openapi_extra=_upload_body(batch=True),
@@ -171,6 +174,7 @@ async def upload_batch(request: Request, resources: ResourcesDep) -> FileBatch:
     "",
     response_model=FileList,
     summary="List files, newest first",
+    dependencies=[require("files:read")],
     responses=_errors(400, 401, 403, 503),
 )
 async def list_files(
@@ -200,6 +204,7 @@ async def list_files(
     "/{file_id}",
     response_model=FileOut,
     summary="One file's metadata",
+    dependencies=[require("files:read")],
     responses=_errors(401, 403, 404, 503),
 )
 async def get_file(file_id: str, session: SessionDep, settings: SettingsDep) -> FileOut:
@@ -210,6 +215,7 @@ async def get_file(file_id: str, session: SessionDep, settings: SettingsDep) -> 
     "/{file_id}",
     status_code=204,
     summary="Delete a file and its bytes",
+    dependencies=[require("files:write")],
     responses=_errors(401, 403, 404, 503),
 )
 async def delete_file(file_id: str, session: SessionDep, resources: ResourcesDep) -> Response:

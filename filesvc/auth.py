@@ -1,0 +1,236 @@
+"""API keys with scopes, enforced for every route under ``/api/``.
+
+Keys come from ``FILESVC_API_KEYS`` and are kept only as SHA-256 digests,
+compared in constant time against every configured key (no early exit), so
+neither the comparison nor the lookup tells a client how close its guess was.
+
+Every route of the API lives in the router made by :func:`api_router`. A route
+declares the scope it needs with ``dependencies=[require("files:read")]``, on
+the route itself or on ``include_router`` for a whole sub-router. The router's
+own dependency refuses any request to a route that declares no scope, and
+:func:`check_routes` stops start-up when one does, so a new route cannot forget
+its scope: it is declared, or the app does not start.
+
+With no keys configured the service runs open (every request holds every
+scope) and says so loudly at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from fastapi.security import (
+    APIKeyHeader,
+    HTTPAuthorizationCredentials,
+    HTTPBearer,
+    SecurityScopes,
+)
+from starlette.routing import BaseRoute
+
+from filesvc.config import SCOPES, Settings
+from filesvc.errors import Forbidden, Unauthorized
+from filesvc.schemas import ErrorBody
+
+logger = logging.getLogger("filesvc")
+
+#: The scope that implies every other one.
+ADMIN: Final = "admin"
+#: Where the routes that need a key live.
+API_PREFIX: Final = "/api/v1"
+API_KEY_HEADER: Final = "X-API-Key"
+_CHALLENGE: Final = 'Bearer realm="filesvc"'
+
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="`Authorization: Bearer <key>` with a key of `FILESVC_API_KEYS`.",
+)
+api_key_scheme = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    scheme_name="apiKey",
+    description="`X-API-Key: <key>`: the same keys, for clients that cannot send a bearer token.",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a key (by fingerprint, never the key itself) and its scopes."""
+
+    key_id: str | None
+    scopes: frozenset[str]
+
+    def allows(self, scope: str) -> bool:
+        return ADMIN in self.scopes or scope in self.scopes
+
+
+#: The caller when no keys are configured.
+OPEN: Final = Principal(key_id=None, scopes=frozenset({ADMIN}))
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+class KeyRing:
+    """The configured keys as digests; :meth:`lookup` takes the same time for any input."""
+
+    def __init__(self, api_keys: dict[str, list[str]]) -> None:
+        unknown = {s for scopes in api_keys.values() for s in scopes} - set(SCOPES)
+        if unknown:
+            raise ValueError(f"unknown scopes: {', '.join(sorted(unknown))}")
+        self._entries = [(_digest(key), frozenset(scopes)) for key, scopes in api_keys.items()]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyRing:
+        return cls(settings.api_keys)
+
+    @property
+    def is_open(self) -> bool:
+        return not self._entries
+
+    def lookup(self, presented: str) -> Principal | None:
+        digest = _digest(presented)
+        found: Principal | None = None
+        for stored, scopes in self._entries:
+            # Every key is compared, whatever matched before: no early exit.
+            if hmac.compare_digest(stored, digest) and found is None:
+                found = Principal(key_id=stored.hex()[:12], scopes=scopes)
+        return found
+
+
+def warn_if_open(settings: Settings) -> None:
+    """The loud start-up line of a service without keys."""
+    if not settings.api_keys:
+        logger.warning(
+            "SECURITY WARNING: FILESVC_API_KEYS is empty, so the API under %s is OPEN: "
+            "anyone who can reach this service can upload, list and delete files and "
+            "read every export. Configure keys before exposing it.",
+            API_PREFIX,
+        )
+
+
+def install_keyring(app: FastAPI, settings: Settings) -> None:
+    app.state.keyring = KeyRing.from_settings(settings)
+
+
+def _presented_key(bearer: HTTPAuthorizationCredentials | None, api_key: str | None) -> str:
+    token = bearer.credentials if bearer is not None else None
+    if token is None and api_key is None:
+        raise Unauthorized(
+            f"An API key is required: send 'Authorization: Bearer <key>' or "
+            f"'{API_KEY_HEADER}: <key>'.",
+            headers={"WWW-Authenticate": _CHALLENGE},
+        )
+    if (
+        token is not None
+        and api_key is not None
+        and not hmac.compare_digest(_digest(token), _digest(api_key))
+    ):
+        raise Unauthorized(
+            f"The Authorization and {API_KEY_HEADER} headers carry different keys.",
+            headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_request"'},
+        )
+    presented = token if token is not None else api_key
+    assert presented is not None
+    return presented
+
+
+async def authorize(
+    request: Request,
+    security_scopes: SecurityScopes,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    api_key: Annotated[str | None, Depends(api_key_scheme)],
+) -> Principal:
+    """The caller, if its key holds every scope the route declares; else 401 or 403."""
+    if not security_scopes.scopes:
+        raise Forbidden("This route declares no scope, so no key may use it.")
+    keyring: KeyRing = request.app.state.keyring
+    if keyring.is_open:
+        principal = OPEN
+    else:
+        principal = keyring.lookup(_presented_key(bearer, api_key)) or _refuse_key()
+        missing = [s for s in security_scopes.scopes if not principal.allows(s)]
+        if missing:
+            raise Forbidden(
+                f"This API key lacks the scope {', '.join(missing)}.",
+                details={"required": security_scopes.scopes},
+            )
+    request.state.principal = principal
+    return principal
+
+
+def _refuse_key() -> Principal:
+    raise Unauthorized(
+        "The API key is not valid.",
+        headers={"WWW-Authenticate": f'{_CHALLENGE}, error="invalid_token"'},
+    )
+
+
+def require(scope: str) -> Any:
+    """The dependency that declares (and checks) the scope a route needs."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; known: {', '.join(SCOPES)}")
+    return Security(authorize, scopes=[scope])
+
+
+def _auth_dependants(dependant: Dependant) -> Iterator[Dependant]:
+    for sub in dependant.dependencies:
+        if sub.call is authorize:
+            yield sub
+        yield from _auth_dependants(sub)
+
+
+def declared_scopes(route: BaseRoute) -> list[str]:
+    """The scopes a route declares through :func:`require`, in order."""
+    if not isinstance(route, APIRoute):
+        return []
+    scopes: list[str] = []
+    for sub in _auth_dependants(route.dependant):
+        scopes += [s for s in sub.own_oauth_scopes or [] if s not in scopes]
+    return scopes
+
+
+async def _scope_declared(request: Request) -> None:
+    """Fail closed: a route of the API router that declares no scope answers 403."""
+    route = request.scope.get("route")
+    if route is None or not declared_scopes(route):
+        raise Forbidden("This route declares no scope, so no key may use it.")
+
+
+def api_router() -> APIRouter:
+    """The one router of everything under ``/api/v1``; include every API route in it."""
+    return APIRouter(
+        prefix=API_PREFIX,
+        dependencies=[Depends(_scope_declared)],
+        responses={
+            401: {"model": ErrorBody, "description": "API key missing or not valid."},
+            403: {"model": ErrorBody, "description": "The API key lacks the route's scope."},
+        },
+    )
+
+
+def check_routes(app: FastAPI) -> None:
+    """Refuse to start when a route under ``/api/`` bypasses the API router or its scope."""
+    for route in app.routes:
+        path = getattr(route, "path", "")
+        if not path.startswith("/api/"):
+            continue
+        if not isinstance(route, APIRoute):
+            raise RuntimeError(f"{path} is mounted under /api/ outside the API router")
+        name = f"{','.join(sorted(route.methods or ()))} {path}"
+        if not any(d.call is _scope_declared for d in route.dependant.dependencies):
+            raise RuntimeError(f"{name} is not included in auth.api_router()")
+        if not declared_scopes(route):
+            raise RuntimeError(
+                f"{name} declares no scope: add "
+                "dependencies=[require('<scope>')] to the route or its include_router"
+            )
