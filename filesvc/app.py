@@ -23,9 +23,6 @@ from filesvc.storage import create_storage
 
 logger = logging.getLogger("filesvc")
 
-#: Unfinished writes older than this are debris of a crash, swept at start-up.
-INCOMPLETE_UPLOAD_GRACE_SECONDS = 6 * 3600
-
 
 def static_dir() -> Path:
     """The web page: ``static/`` of a checkout, or the copy packaged into the wheel."""
@@ -46,7 +43,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.should_auto_migrate:
             await migrate(engine)
         try:
-            swept = await storage.sweep_incomplete(INCOMPLETE_UPLOAD_GRACE_SECONDS)
+            swept = await storage.sweep_incomplete(settings.incomplete_upload_grace)
             if swept:
                 logger.info("swept %d unfinished uploads left by an earlier run", swept)
         except Exception as exc:  # storage may be down at start-up; serve 503s meanwhile

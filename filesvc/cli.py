@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -33,6 +34,10 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = load_settings()
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the
+    # default action would kill the process (exit -15). A finished graceful
+    # shutdown is a success for supervisors and orchestrators: exit 0 instead.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         "filesvc.main:app",
         host=args.host,
@@ -78,6 +83,50 @@ def _migrate(args: argparse.Namespace) -> int:
         raise
 
 
+def _check(args: argparse.Namespace) -> int:
+    from filesvc.consistency import check
+    from filesvc.db import create_engine, create_session_factory
+    from filesvc.storage import create_storage
+
+    settings = load_settings()
+    grace = settings.incomplete_upload_grace if args.grace is None else args.grace
+
+    async def run() -> int:
+        engine = create_engine(settings)
+        storage = create_storage(settings)
+        try:
+            report = await check(
+                create_session_factory(engine), storage, grace_seconds=grace, fix=args.fix
+            )
+        finally:
+            await storage.aclose()
+            await engine.dispose()
+        print(
+            f"checked {report.rows_checked} rows and {report.objects_checked} stored objects: "
+            f"{len(report.rows_without_bytes)} rows without bytes, "
+            f"{len(report.bytes_without_row)} unrecorded objects older than {grace:g}s"
+            + (
+                f" ({report.young_unrecorded} younger left alone)"
+                if report.young_unrecorded
+                else ""
+            )
+        )
+        for file_id in report.rows_without_bytes:
+            print(f"row without bytes: {file_id}")
+        for key in report.bytes_without_row:
+            print(f"bytes without row: {key}")
+        if args.fix:
+            print(f"fixed {report.fixed}")
+            return EXIT_OK
+        return EXIT_OK if report.clean else EXIT_FAILED
+
+    try:
+        return asyncio.run(run())
+    except (OSError, ConnectionError) as exc:
+        print(f"filesvc: database unreachable: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="filesvc",
@@ -114,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="exit 1 unless the schema is up to date"
     )
     migrate.set_defaults(handler=_migrate)
+
+    check = commands.add_parser(
+        "check",
+        help="find rows without bytes and bytes without rows; exit 1 if any (0 with --fix)",
+    )
+    check.add_argument("--fix", action="store_true", help="delete the rows and the bytes found")
+    check.add_argument(
+        "--grace",
+        type=float,
+        help="seconds an unrecorded object must be old to count (default "
+        "FILESVC_INCOMPLETE_UPLOAD_GRACE); younger ones may be uploads in progress",
+    )
+    check.set_defaults(handler=_check)
     return parser
 
 

@@ -127,6 +127,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Extra tables or views offered as CSV exports (JSON array or a,b,c).",
     )
+    incomplete_upload_grace: float = Field(
+        6 * 3600,
+        ge=0,
+        description="Seconds after which unfinished uploads left by a crash are swept at "
+        "start-up, and unrecorded bytes count as orphans for `filesvc check`.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )

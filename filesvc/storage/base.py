@@ -25,6 +25,8 @@ class ObjectNotFound(Exception):
 class StoredObject:
     key: str
     size: int
+    #: When the object was committed (epoch seconds), where the backend knows.
+    modified: float | None = None
 
 
 class StorageWriter(ABC):

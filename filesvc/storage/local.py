@@ -139,7 +139,7 @@ class LocalStorage(Storage):
             result = await aiofiles.os.stat(self.path(key))
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
-        return StoredObject(key=key, size=result.st_size)
+        return StoredObject(key=key, size=result.st_size, modified=result.st_mtime)
 
     async def delete(self, key: str) -> None:
         try:

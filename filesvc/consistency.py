@@ -1,0 +1,113 @@
+"""Finding (and repairing) disagreement between the file records and the stored bytes.
+
+Two kinds of damage can exist after crashes or manual meddling:
+
+- a **row without bytes** (listed, but its URL would fail): with ``fix`` the
+  row is deleted;
+- **bytes without a row** (stored but unreachable, still billed): with ``fix``
+  the object is deleted — but only once it is older than the grace period,
+  because an upload in progress commits its bytes a moment before its row.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from filesvc.models import StoredFile
+from filesvc.storage import ObjectNotFound, Storage
+
+#: Rows read from the database per batch while scanning.
+BATCH_ROWS = 5000
+
+
+@dataclass(slots=True)
+class Report:
+    rows_checked: int = 0
+    objects_checked: int = 0
+    rows_without_bytes: list[str] = field(default_factory=list)  # file ids
+    bytes_without_row: list[str] = field(default_factory=list)  # storage keys
+    young_unrecorded: int = 0  # bytes without a row, but maybe an upload in progress
+    fixed: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.rows_without_bytes and not self.bytes_without_row
+
+
+async def _recorded_keys(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[tuple[str, str]]:
+    async with sessions() as session:
+        result = await session.stream(
+            select(StoredFile.id, StoredFile.storage_key).execution_options(yield_per=BATCH_ROWS)
+        )
+        async for file_id, key in result:
+            yield file_id, key
+
+
+async def _exists(storage: Storage, key: str) -> bool:
+    try:
+        await storage.stat(key)
+    except ObjectNotFound:
+        return False
+    return True
+
+
+async def check(
+    sessions: async_sessionmaker[AsyncSession],
+    storage: Storage,
+    *,
+    grace_seconds: float,
+    fix: bool = False,
+) -> Report:
+    """Compare every row with every stored object; repair when ``fix``."""
+    report = Report()
+    stored: set[str] = set()
+    async for key in storage.iter_keys():
+        stored.add(key)
+    report.objects_checked = len(stored)
+
+    recorded: set[str] = set()
+    async for file_id, key in _recorded_keys(sessions):
+        report.rows_checked += 1
+        recorded.add(key)
+        # Re-check: an upload may have committed after the listing above.
+        if key not in stored and not await _exists(storage, key):
+            report.rows_without_bytes.append(file_id)
+
+    cutoff = time.time() - grace_seconds
+    for key in sorted(stored - recorded):
+        try:
+            info = await storage.stat(key)
+        except ObjectNotFound:
+            continue  # deleted meanwhile
+        if info.modified is not None and info.modified > cutoff:
+            report.young_unrecorded += 1
+            continue
+        report.bytes_without_row.append(key)
+
+    if fix:
+        report.fixed = await _repair(sessions, storage, report)
+    return report
+
+
+async def _repair(
+    sessions: async_sessionmaker[AsyncSession], storage: Storage, report: Report
+) -> int:
+    fixed = 0
+    if report.rows_without_bytes:
+        async with sessions() as session:
+            for start in range(0, len(report.rows_without_bytes), BATCH_ROWS):
+                ids = report.rows_without_bytes[start : start + BATCH_ROWS]
+                await session.execute(delete(StoredFile).where(StoredFile.id.in_(ids)))
+            await session.commit()
+        fixed += len(report.rows_without_bytes)
+    for key in report.bytes_without_row:
+        await storage.delete(key)
+        fixed += 1
+    return fixed

@@ -1,0 +1,68 @@
+"""`filesvc check`: rows without bytes and bytes without rows, found and repaired."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import httpx
+
+from tests.images import make_image
+from tests.processes import FILESVC
+from tests.servers import LiveServer
+
+
+def run_check(server: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
+    settings = server.settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILESVC_")}
+    env["FILESVC_DATA_DIR"] = str(settings.data_dir)
+    env["FILESVC_DATABASE_URL"] = settings.database_url
+    return subprocess.run(
+        [FILESVC, "check", *args], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_reports_and_fixes_damage(server: LiveServer, client: httpx.Client) -> None:
+    ids = [
+        client.post("/api/v1/files", files={"file": (f"{i}.png", make_image())}).json()["id"]
+        for i in range(3)
+    ]
+    clean = run_check(server)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "checked 3 rows and 3 stored objects" in clean.stdout
+
+    # Damage: one file's bytes vanish; one old and one fresh unrecorded object appear.
+    [(lost_key,)] = server.query("SELECT storage_key FROM files WHERE id = :id", id=ids[0])
+    (server.data_dir / "files" / lost_key).unlink()
+    old = server.data_dir / "files" / "aa" / "bb" / "orphanold"
+    young = server.data_dir / "files" / "aa" / "bb" / "orphanyoung"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"old")
+    young.write_bytes(b"young")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+
+    found = run_check(server, "--grace", "600")
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert f"row without bytes: {ids[0]}" in found.stdout
+    assert "bytes without row: aa/bb/orphanold" in found.stdout
+    assert "orphanyoung" not in found.stdout
+    assert "1 younger left alone" in found.stdout
+
+    fixed = run_check(server, "--grace", "600", "--fix")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "fixed 2" in fixed.stdout
+    assert not old.exists() and young.exists()
+    assert server.row_count() == 2
+    assert client.get(f"/api/v1/files/{ids[0]}").status_code == 404
+    assert run_check(server, "--grace", "600").returncode == 0
+
+
+def test_check_with_an_unreachable_database_exits_1(server: LiveServer) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILESVC_")}
+    env["FILESVC_DATA_DIR"] = str(server.settings.data_dir)
+    env["FILESVC_DATABASE_URL"] = "postgresql+asyncpg://postgres@127.0.0.1:1/none"
+    result = subprocess.run([FILESVC, "check"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "database unreachable" in result.stderr
