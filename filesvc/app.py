@@ -17,7 +17,8 @@ from filesvc.db import create_engine, create_session_factory, migrate
 from filesvc.deps import Resources
 from filesvc.errors import install_error_handlers
 from filesvc.origins import install_origins
-from filesvc.routes import files, health
+from filesvc.routes import files, health, signed_urls
+from filesvc.routes import static as static_urls
 from filesvc.signing import load_signing_key
 from filesvc.storage import create_storage
 
@@ -75,8 +76,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Every /api route goes into this router: it needs a key and a declared scope.
     api = auth.api_router()
     api.include_router(files.router)
+    api.include_router(signed_urls.router)
     app.include_router(api)
     app.include_router(health.router)
+    app.include_router(static_urls.router)
 
     page = static_dir()
 

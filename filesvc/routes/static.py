@@ -1,0 +1,197 @@
+"""Static URLs: ``GET``/``HEAD /files/{id}`` and ``/files/{id}/{any-name}``.
+
+HTTP only: the semantics live in :mod:`filesvc.serving`. Each request costs
+one primary-key query and one storage read per range (none for HEAD, 304,
+412 or 416); nothing is cached in the process, so a deleted file is gone
+from every worker at once.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncIterator
+from functools import partial
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.responses import RedirectResponse, Response
+
+from filesvc import crud
+from filesvc.deps import Resources, get_resources
+from filesvc.errors import FileNotFound, SignatureRequired
+from filesvc.schemas import ErrorBody
+from filesvc.serving import (
+    PRIVATE_CACHE_CONTROL,
+    PUBLIC_CACHE_CONTROL,
+    Conditions,
+    Multipart,
+    Representation,
+    StoredFileResponse,
+    multipart_chunks,
+    representation_headers,
+    select,
+    validator_headers,
+)
+from filesvc.signing import verify
+from filesvc.storage import ObjectNotFound, Storage
+
+router = APIRouter(tags=["static"])
+
+#: Lifetime of the presigned storage URL a public file redirects to.
+REDIRECT_URL_SECONDS = 3600
+#: How long caches may keep that redirect: well inside the URL's lifetime.
+REDIRECT_CACHE_SECONDS = 300
+#: Longest lifetime S3 accepts for a presigned URL.
+MAX_PRESIGNED_SECONDS = 7 * 24 * 3600
+#: Ids are generated URL-safe strings; anything else is unknown without asking the database.
+_FILE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+
+ExpiresQuery = Annotated[str | None, Query(description="Expiry (Unix seconds) of a signed URL.")]
+SignatureQuery = Annotated[str | None, Query(description="HMAC-SHA256 signature of a signed URL.")]
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_HEADERS = {
+    name: {"schema": {"type": "string"}, "description": text}
+    for name, text in {
+        "ETag": "Strong: the quoted hex SHA-256 of the bytes.",
+        "Last-Modified": "When the file was uploaded.",
+        "Cache-Control": "`public, max-age=31536000, immutable`, or `private, no-store` "
+        "for private files.",
+        "Repr-Digest": "RFC 9530 `sha-256=:<base64>:` of the whole file, also on 206.",
+        "Content-Disposition": "`inline` for raster images, else `attachment`, with the name.",
+        "Accept-Ranges": "`bytes`.",
+    }.items()
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The whole file.", "content": {"*/*": _BINARY}, "headers": _HEADERS},
+    206: {
+        "description": "The requested range; several ranges as `multipart/byteranges`.",
+        "content": {"*/*": _BINARY, "multipart/byteranges": _BINARY},
+        "headers": {**_HEADERS, "Content-Range": {"schema": {"type": "string"}}},
+    },
+    304: {"description": "Not modified (`If-None-Match`, `If-Modified-Since`)."},
+    307: {"description": "Redirect to a presigned S3 URL (with `FILESVC_S3_REDIRECT=true`)."},
+    403: _error("`signature_required` (private file) or `invalid_signature`."),
+    404: _error("No file has this id."),
+    412: _error("`If-Match` or `If-Unmodified-Since` failed."),
+    416: _error("No requested range is satisfiable; `Content-Range: bytes */<size>`."),
+    503: _error("Database or storage unavailable."),
+}
+_DESCRIPTION = (
+    "The stored bytes, streamed. Public files need no credentials; private files need "
+    "`expires` and `signature` from `POST /api/v1/files/{id}/signed-url`. Conditional "
+    "requests and byte ranges follow RFC 9110."
+)
+_ROUTE: dict[str, Any] = {
+    "responses": _RESPONSES,
+    "response_class": StoredFileResponse,
+    "status_code": 200,
+    "response_description": "The whole file.",
+    "description": _DESCRIPTION,
+}
+
+
+async def _open(storage: Storage, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
+    try:
+        return await storage.open_reader(key, offset, length)
+    except ObjectNotFound as exc:  # deleted since its row was read
+        raise FileNotFound() from exc
+
+
+def _presign_seconds(expires: str | None) -> int:
+    if expires is None:
+        return REDIRECT_URL_SECONDS
+    return max(1, min(int(expires) - int(time.time()), MAX_PRESIGNED_SECONDS))
+
+
+async def serve(
+    request: Request, file_id: str, expires: str | None, signature: str | None
+) -> Response:
+    resources: Resources = get_resources(request)
+    signed = expires is not None or signature is not None
+    if signed:  # checked before the database: a bad signature costs no query
+        verify(resources.signing_key, file_id, expires, signature)
+    if not _FILE_ID.fullmatch(file_id):
+        raise FileNotFound()
+    async with resources.sessions() as session:
+        row = await crud.get_file(session, file_id)
+    public = row.visibility == "public"
+    if not public and not signed:
+        raise SignatureRequired()
+    representation = Representation.of(
+        size=row.size, content_type=row.content_type, sha256=row.sha256, created_at=row.created_at
+    )
+    cache_control = PUBLIC_CACHE_CONTROL if public else PRIVATE_CACHE_CONTROL
+    method = request.scope["method"]
+    selection = select(method, Conditions.from_raw(request.scope["headers"]), representation)
+    if selection.status == 304:
+        return StoredFileResponse(304, validator_headers(representation, cache_control))
+
+    storage = resources.storage
+    if resources.settings.s3_redirect:
+        url = await storage.presigned_url(
+            row.storage_key,
+            _presign_seconds(expires),
+            filename=row.filename,
+            content_type=row.content_type,
+        )
+        if url is not None:
+            cache = f"public, max-age={REDIRECT_CACHE_SECONDS}" if public else cache_control
+            return RedirectResponse(url, status_code=307, headers={"Cache-Control": cache})
+
+    headers = representation_headers(
+        representation, filename=row.filename, cache_control=cache_control
+    )
+    ranges = selection.ranges
+    if len(ranges) == 1:
+        [byte_range] = ranges
+        if selection.status == 206:
+            headers.append(("content-range", byte_range.content_range(representation.size)))
+        headers.append(("content-type", representation.content_type))
+        body = None
+        if method != "HEAD" and byte_range.length:
+            body = await _open(storage, row.storage_key, byte_range.start, byte_range.length)
+        return StoredFileResponse(
+            selection.status, headers, body=body, content_length=byte_range.length
+        )
+
+    multipart = Multipart.build(ranges, representation.size, representation.content_type)
+    headers.append(("content-type", multipart.content_type))
+    first = await _open(storage, row.storage_key, ranges[0].start, ranges[0].length)
+    chunks = multipart_chunks(
+        partial(_open, storage, row.storage_key), ranges, multipart, first=first
+    )
+    return StoredFileResponse(206, headers, body=chunks, content_length=multipart.content_length)
+
+
+@router.get("/files/{file_id}", summary="A stored file", **_ROUTE)
+@router.head("/files/{file_id}", summary="A stored file's headers", **_ROUTE)
+async def serve_file(
+    request: Request,
+    file_id: str,
+    expires: ExpiresQuery = None,
+    signature: SignatureQuery = None,
+) -> Response:
+    return await serve(request, file_id, expires, signature)
+
+
+@router.get("/files/{file_id}/{name:path}", summary="A stored file, by a readable URL", **_ROUTE)
+@router.head(
+    "/files/{file_id}/{name:path}", summary="A stored file's headers, by a readable URL", **_ROUTE
+)
+async def serve_named_file(
+    request: Request,
+    file_id: str,
+    name: str,
+    expires: ExpiresQuery = None,
+    signature: SignatureQuery = None,
+) -> Response:
+    """``name`` is only for people and tools that save by URL; it is never looked up."""
+    return await serve(request, file_id, expires, signature)
