@@ -6,10 +6,12 @@ neither the comparison nor the lookup tells a client how close its guess was.
 
 Every route of the API lives in the router made by :func:`api_router`. A route
 declares the scope it needs with ``dependencies=[require("files:read")]``, on
-the route itself or on ``include_router`` for a whole sub-router. The router's
-own dependency refuses any request to a route that declares no scope, and
-:func:`check_routes` stops start-up when one does, so a new route cannot forget
-its scope: it is declared, or the app does not start.
+the route itself or on ``include_router`` for a whole sub-router.
+:func:`check_routes`, called last by the app factory, stops start-up when a
+route under ``/api/`` declares no scope or sits outside that router, and the
+router's own dependency answers 403 for any endpoint that check has not
+approved. So a new route cannot forget its scope: it declares one, or the app
+does not start.
 
 With no keys configured the service runs open (every request holds every
 scope) and says so loudly at start-up.
@@ -24,16 +26,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
+import fastapi.routing
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
 from fastapi.security import (
     APIKeyHeader,
     HTTPAuthorizationCredentials,
     HTTPBearer,
     SecurityScopes,
 )
-from starlette.routing import BaseRoute
 
 from filesvc.config import SCOPES, Settings
 from filesvc.errors import Forbidden, Unauthorized
@@ -189,20 +190,47 @@ def _auth_dependants(dependant: Dependant) -> Iterator[Dependant]:
         yield from _auth_dependants(sub)
 
 
-def declared_scopes(route: BaseRoute) -> list[str]:
+def _effective_routes(app: FastAPI) -> Iterator[Any]:
+    """Every route as served, with the dependencies its include_router calls added.
+
+    FastAPI 0.16x keeps included routers nested and resolves them lazily; older
+    versions copy each route, with its inherited dependencies, into ``app.routes``.
+    """
+    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    return iter(app.routes) if contexts is None else iter(contexts(app.routes))
+
+
+def declared_scopes(route: Any) -> list[str]:
     """The scopes a route declares through :func:`require`, in order."""
-    if not isinstance(route, APIRoute):
-        return []
+    dependant = getattr(route, "dependant", None)
     scopes: list[str] = []
-    for sub in _auth_dependants(route.dependant):
-        scopes += [s for s in sub.own_oauth_scopes or [] if s not in scopes]
+    if dependant is not None:
+        for sub in _auth_dependants(dependant):
+            scopes += [s for s in sub.own_oauth_scopes or [] if s not in scopes]
     return scopes
 
 
-async def _scope_declared(request: Request) -> None:
-    """Fail closed: a route of the API router that declares no scope answers 403."""
-    route = request.scope.get("route")
-    if route is None or not declared_scopes(route):
+@dataclass(frozen=True, slots=True)
+class ApiRoute:
+    method: str
+    path: str
+    scopes: tuple[str, ...]
+
+
+def api_routes(app: FastAPI) -> list[ApiRoute]:
+    """Each method and path under ``/api/`` with the scopes it declares."""
+    return [
+        ApiRoute(method, route.path, tuple(declared_scopes(route)))
+        for route in _effective_routes(app)
+        if (getattr(route, "path", None) or "").startswith("/api/")
+        for method in sorted(getattr(route, "methods", None) or ())
+    ]
+
+
+async def _guard(request: Request) -> None:
+    """Fail closed: only endpoints that :func:`check_routes` saw declare a scope are served."""
+    allowed: frozenset[Any] = getattr(request.app.state, "scoped_endpoints", frozenset())
+    if request.scope.get("endpoint") not in allowed:
         raise Forbidden("This route declares no scope, so no key may use it.")
 
 
@@ -210,7 +238,7 @@ def api_router() -> APIRouter:
     """The one router of everything under ``/api/v1``; include every API route in it."""
     return APIRouter(
         prefix=API_PREFIX,
-        dependencies=[Depends(_scope_declared)],
+        dependencies=[Depends(_guard)],
         responses={
             401: {"model": ErrorBody, "description": "API key missing or not valid."},
             403: {"model": ErrorBody, "description": "The API key lacks the route's scope."},
@@ -219,18 +247,25 @@ def api_router() -> APIRouter:
 
 
 def check_routes(app: FastAPI) -> None:
-    """Refuse to start when a route under ``/api/`` bypasses the API router or its scope."""
-    for route in app.routes:
-        path = getattr(route, "path", "")
+    """Refuse to start when a route under ``/api/`` is outside the API router or has no scope.
+
+    Call it last in the app factory: endpoints it has not seen answer 403.
+    """
+    scoped: set[Any] = set()
+    for route in _effective_routes(app):
+        path = getattr(route, "path", None) or ""
         if not path.startswith("/api/"):
             continue
-        if not isinstance(route, APIRoute):
-            raise RuntimeError(f"{path} is mounted under /api/ outside the API router")
-        name = f"{','.join(sorted(route.methods or ()))} {path}"
-        if not any(d.call is _scope_declared for d in route.dependant.dependencies):
+        dependant = getattr(route, "dependant", None)
+        name = f"{','.join(sorted(getattr(route, 'methods', None) or ()))} {path}".strip()
+        if dependant is None:
+            raise RuntimeError(f"{name} is mounted under /api/ outside auth.api_router()")
+        if not any(d.call is _guard for d in dependant.dependencies):
             raise RuntimeError(f"{name} is not included in auth.api_router()")
         if not declared_scopes(route):
             raise RuntimeError(
                 f"{name} declares no scope: add "
                 "dependencies=[require('<scope>')] to the route or its include_router"
             )
+        scoped.add(route.endpoint)
+    app.state.scoped_endpoints = frozenset(scoped)

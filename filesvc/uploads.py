@@ -15,6 +15,7 @@ import binascii
 import hashlib
 import os
 import re
+import time
 import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -24,7 +25,7 @@ from typing import Any
 import anyio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 
 from filesvc.config import Settings
 from filesvc.errors import (
@@ -211,21 +212,41 @@ class FileReceiver:
         )
 
 
-async def _body_chunks(request: Request, timeout: float) -> AsyncIterator[bytes]:
-    """The request body as it arrives; a client that stalls longer than ``timeout`` is cut off."""
+async def _body_chunks(request: Request, settings: Settings) -> AsyncIterator[bytes]:
+    """The request body as it arrives, from a client that must keep up.
+
+    A client is cut off (408) when it stalls longer than ``body_timeout``, when
+    the body takes longer than ``body_deadline`` in all, or when, past its first
+    ``body_timeout`` seconds, its average rate falls below ``min_body_rate``: an
+    idle timeout alone lets a client that sends one byte a second hold a
+    connection and a storage write open for ever. The rate counts only the time
+    spent waiting for the client, not the time the service spends storing.
+    """
     stream = request.stream().__aiter__()
+    started = time.monotonic()
+    waited = 0.0
+    received = 0
     while True:
+        budget = settings.body_timeout
+        reason = f"stalled for more than {settings.body_timeout:g} seconds"
+        left = settings.body_deadline - (time.monotonic() - started)
+        if left < budget:
+            budget, reason = left, f"took longer than {settings.body_deadline:g} seconds"
+        if settings.min_body_rate:
+            allowed = max(settings.body_timeout, received / settings.min_body_rate)
+            if allowed - waited < budget:
+                budget = allowed - waited
+                reason = f"arrived slower than {settings.min_body_rate} bytes per second"
+        asked = time.monotonic()
         try:
-            with anyio.fail_after(timeout):
+            with anyio.fail_after(max(budget, 0.0)):
                 chunk = await stream.__anext__()
         except StopAsyncIteration:
             return
         except TimeoutError as exc:
-            raise RequestTimeout(
-                f"The request body stalled for more than {timeout:g} seconds."
-            ) from exc
-        except ClientDisconnect:
-            raise
+            raise RequestTimeout(f"The request body {reason}.") from exc
+        waited += time.monotonic() - asked
+        received += len(chunk)
         if chunk:
             yield chunk
 
@@ -274,7 +295,7 @@ async def receive_raw(
     async with FileReceiver(
         settings, storage, filename=filename, expected_sha256=expected
     ) as receiver:
-        async for chunk in _body_chunks(request, settings.body_timeout):
+        async for chunk in _body_chunks(request, settings):
             await receiver.feed(chunk)
         return await receiver.finish()
 
@@ -360,7 +381,7 @@ async def _parse_parts(
 ) -> None:
     async with AsyncExitStack() as stack:
         state = _FormState(settings, storage, form, max_files, stack)
-        async for chunk in _body_chunks(request, settings.body_timeout):
+        async for chunk in _body_chunks(request, settings):
             try:
                 parser.write(chunk)
             except MultipartParseError as exc:
