@@ -1,0 +1,612 @@
+// The filesvc web page: uploads with progress, recent files, CSV exports.
+// One ES module (strict by default), no framework, no build step. Every API
+// error is JSON {"error": {"code", "message"}}; its message is what we show.
+
+const API = "/api/v1";
+const KEY_STORAGE = "filesvc.apiKey";
+/** Uploads in flight at once; the rest wait, so page requests are not starved. */
+const MAX_PARALLEL_UPLOADS = 3;
+const COPIED_LABEL_MS = 2000;
+const BLOB_URL_LIFETIME_MS = 60_000;
+
+const $ = (selector, root = document) => root.querySelector(selector);
+
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
+
+// ---------------------------------------------------------------- formatting
+
+const byteFormats = ["byte", "kilobyte", "megabyte", "gigabyte"].map(
+  (unit) => new Intl.NumberFormat(undefined, { style: "unit", unit, maximumFractionDigits: 1 }),
+);
+
+function formatBytes(bytes) {
+  let value = bytes;
+  let index = 0;
+  while (value >= 1000 && index < byteFormats.length - 1) {
+    value /= 1000;
+    index += 1;
+  }
+  return byteFormats[index].format(value);
+}
+
+function formatDate(iso) {
+  return new Date(iso).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" });
+}
+
+function extensionOf(name) {
+  const dot = name.lastIndexOf(".");
+  return dot > 0 ? name.slice(dot + 1, dot + 5).toUpperCase() : "FILE";
+}
+
+function isRasterImage(contentType) {
+  return contentType.startsWith("image/") && contentType !== "image/svg+xml";
+}
+
+function errorMessage(body, status) {
+  return body?.error?.message ?? `The server answered with status ${status}.`;
+}
+
+/** Tell screen readers (the visually hidden live region) what just happened. */
+function announce(text) {
+  const status = $("#status");
+  status.textContent = "";
+  status.textContent = text;
+}
+
+// ------------------------------------------------------------------- API key
+
+const auth = {
+  key: sessionStorage.getItem(KEY_STORAGE) ?? "",
+  pending: null,
+  resolve: null,
+};
+
+function authHeaders() {
+  return auth.key ? { "X-API-Key": auth.key } : {};
+}
+
+function showKeyState() {
+  $("#key-state").hidden = !auth.key;
+}
+
+function forgetKey() {
+  auth.key = "";
+  sessionStorage.removeItem(KEY_STORAGE);
+  showKeyState();
+}
+
+/** Show the key form once, however many requests are waiting for it. */
+function askForKey(message) {
+  if (!auth.pending) {
+    auth.pending = new Promise((resolve) => {
+      auth.resolve = resolve;
+    });
+    $("#key-panel").hidden = false;
+    $("#key-input").focus();
+  }
+  const error = $("#key-error");
+  error.hidden = !message;
+  error.textContent = message;
+  if (message) announce(message);
+  return auth.pending;
+}
+
+function useKey(key) {
+  auth.key = key;
+  sessionStorage.setItem(KEY_STORAGE, key);
+  showKeyState();
+  $("#key-panel").hidden = true;
+  $("#key-input").value = "";
+  const resolve = auth.resolve;
+  auth.pending = null;
+  auth.resolve = null;
+  resolve?.();
+}
+
+/** A 401 came back for a request sent with `usedKey`: wait for a (new) key. */
+async function keyRejected(usedKey, message) {
+  if (usedKey !== auth.key) return; // a newer key is already in place: just retry
+  forgetKey();
+  await askForKey(usedKey ? message : "");
+}
+
+async function readJson(response) {
+  try {
+    return await response.json();
+  } catch {
+    return null;
+  }
+}
+
+/** fetch() with the API key, asking for a key (and retrying) on 401. */
+async function api(path, init = {}) {
+  for (;;) {
+    const usedKey = auth.key;
+    const response = await fetch(path, {
+      ...init,
+      headers: { ...init.headers, ...authHeaders() },
+    });
+    if (response.status !== 401) return response;
+    await keyRejected(usedKey, errorMessage(await readJson(response), 401));
+  }
+}
+
+async function apiJson(path) {
+  const response = await api(path);
+  const body = await readJson(response);
+  if (!response.ok) throw new ApiError(errorMessage(body, response.status), response.status);
+  return body;
+}
+
+function setUpKeyForm() {
+  $("#key-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("#key-input").value.trim();
+    if (key) useKey(key);
+  });
+  $("#key-forget").addEventListener("click", () => {
+    forgetKey();
+    announce("The API key is forgotten.");
+    refreshAll();
+  });
+  showKeyState();
+}
+
+// ------------------------------------------------------------------ copy URL
+
+function legacyCopy(text) {
+  const area = document.createElement("textarea");
+  area.value = text;
+  area.setAttribute("readonly", "");
+  area.className = "offscreen";
+  document.body.append(area);
+  area.select();
+  let copied = false;
+  try {
+    copied = document.execCommand("copy");
+  } catch {
+    copied = false;
+  }
+  area.remove();
+  return copied;
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    return legacyCopy(text); // no Clipboard API outside secure contexts
+  }
+}
+
+function absoluteUrl(url) {
+  return new URL(url, location.href).href;
+}
+
+function copyButton(file) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "copy";
+  button.textContent = "Copy URL";
+  button.setAttribute("aria-label", `Copy the URL of ${file.filename}`);
+  button.dataset.url = absoluteUrl(file.url);
+  button.addEventListener("click", async () => {
+    const url = button.dataset.url;
+    if (await copyText(url)) {
+      button.textContent = "Copied";
+      announce(`Copied ${url}`);
+      setTimeout(() => {
+        button.textContent = "Copy URL";
+      }, COPIED_LABEL_MS);
+    } else {
+      announce(`Could not copy. The URL is ${url}`);
+    }
+  });
+  return button;
+}
+
+/** The thumbnail as a link that opens the file in a new tab. */
+function openingThumbnail(file) {
+  const link = document.createElement("a");
+  link.href = file.url;
+  link.target = "_blank";
+  link.rel = "noopener";
+  link.setAttribute("aria-label", `Open ${file.filename}`);
+  link.append(thumbnail(file));
+  return link;
+}
+
+/** An <img> of a stored file, falling back to a type badge if it cannot load. */
+function thumbnail(file) {
+  if (file.visibility !== "public" || !isRasterImage(file.content_type)) {
+    return badge(file.filename, file.visibility === "private" ? "Private" : null);
+  }
+  const image = document.createElement("img");
+  image.src = file.url;
+  image.alt = file.filename;
+  image.loading = "lazy";
+  image.decoding = "async";
+  if (file.width && file.height) {
+    image.width = file.width;
+    image.height = file.height;
+  }
+  image.addEventListener("error", () => image.replaceWith(badge(file.filename)), { once: true });
+  return image;
+}
+
+function badge(filename, text = null) {
+  const span = document.createElement("span");
+  span.className = "file-badge";
+  span.textContent = text ?? extensionOf(filename);
+  return span;
+}
+
+// ------------------------------------------------------------------- uploads
+
+const queue = { waiting: [], active: 0 };
+
+function createUploadTile(file) {
+  const tile = $("#upload-template").content.firstElementChild.cloneNode(true);
+  $(".file-badge", tile).textContent = extensionOf(file.name);
+  $(".tile-name", tile).textContent = file.name;
+  $(".tile-name", tile).title = file.name;
+  $(".tile-meta", tile).textContent = formatBytes(file.size);
+  $("progress", tile).setAttribute("aria-label", `Upload of ${file.name}`);
+  $(".cancel", tile).setAttribute("aria-label", `Cancel the upload of ${file.name}`);
+  $("#uploads").append(tile);
+  return tile;
+}
+
+function setState(upload, state, message) {
+  upload.tile.dataset.state = state;
+  $(".tile-message", upload.tile).textContent = message;
+}
+
+function setProgress(upload, fraction) {
+  const percent = Math.round(fraction * 100);
+  $("progress", upload.tile).value = percent;
+  $(".tile-message", upload.tile).textContent = `Uploading… ${percent}%`;
+}
+
+function cancelUpload(upload) {
+  if (upload.finished) return;
+  upload.cancelled = true;
+  upload.xhr?.abort();
+  finish(upload);
+  setState(upload, "cancelled", "Cancelled.");
+  announce(`${upload.file.name}: upload cancelled.`);
+}
+
+function finish(upload) {
+  upload.finished = true;
+  $(".cancel", upload.tile)?.remove();
+}
+
+/** One XMLHttpRequest (fetch cannot report upload progress); resolves, never rejects. */
+function send(upload) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    upload.xhr = xhr;
+    xhr.open("POST", `${API}/files`);
+    xhr.responseType = "json";
+    for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
+    xhr.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) setProgress(upload, event.loaded / event.total);
+    });
+    xhr.addEventListener("load", () => resolve({ status: xhr.status, body: xhr.response }));
+    xhr.addEventListener("error", () => resolve({ status: 0, body: null }));
+    xhr.addEventListener("abort", () => resolve({ status: -1, body: null }));
+    const form = new FormData();
+    form.append("file", upload.file, upload.file.name);
+    xhr.send(form);
+  });
+}
+
+async function runUpload(upload) {
+  for (;;) {
+    if (upload.cancelled) return;
+    setState(upload, "uploading", "Uploading…");
+    const usedKey = auth.key;
+    const result = await send(upload);
+    if (result.status !== 401) {
+      settle(upload, result);
+      return;
+    }
+    setState(upload, "waiting", "Waiting for an API key…");
+    await keyRejected(usedKey, errorMessage(result.body, 401));
+  }
+}
+
+function settle(upload, { status, body }) {
+  if (upload.cancelled) return;
+  finish(upload);
+  if (status === 201) {
+    showUploaded(upload, body);
+  } else {
+    const message =
+      status === 0
+        ? "The upload failed: the connection to the server was lost."
+        : errorMessage(body, status);
+    setState(upload, "error", message);
+    announce(`${upload.file.name}: ${message}`);
+  }
+}
+
+function showUploaded(upload, file) {
+  const { tile } = upload;
+  $("progress", tile).value = 100;
+  $(".tile-preview", tile).replaceChildren(openingThumbnail(file));
+  const size = file.width ? `${file.width}×${file.height} · ` : "";
+  $(".tile-meta", tile).textContent = size + formatBytes(file.size);
+  $(".tile-actions", tile).replaceChildren(copyButton(file));
+  tile.dataset.id = file.id;
+  setState(upload, "done", "Uploaded.");
+  announce(`${file.filename} uploaded.`);
+  scheduleRecentRefresh();
+}
+
+function pump() {
+  while (queue.active < MAX_PARALLEL_UPLOADS && queue.waiting.length > 0) {
+    const upload = queue.waiting.shift();
+    if (upload.cancelled) continue;
+    queue.active += 1;
+    runUpload(upload).finally(() => {
+      queue.active -= 1;
+      pump();
+    });
+  }
+}
+
+function startUploads(files) {
+  const list = [...files];
+  if (list.length === 0) return;
+  for (const file of list) {
+    const upload = { file, tile: createUploadTile(file), xhr: null };
+    setState(upload, "queued", "Waiting…");
+    $(".cancel", upload.tile).addEventListener("click", () => cancelUpload(upload));
+    queue.waiting.push(upload);
+  }
+  announce(list.length === 1 ? `Uploading ${list[0].name}.` : `Uploading ${list.length} files.`);
+  pump();
+}
+
+function setUpDropzone() {
+  const zone = $("#dropzone");
+  const input = $("#file-input");
+  zone.addEventListener("click", () => input.click());
+  input.addEventListener("change", () => {
+    startUploads(input.files);
+    input.value = ""; // choosing the same file again fires "change" again
+  });
+  zone.addEventListener("dragenter", (event) => {
+    event.preventDefault();
+    zone.classList.add("dragging");
+  });
+  zone.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    event.dataTransfer.dropEffect = "copy";
+  });
+  zone.addEventListener("dragleave", (event) => {
+    if (!zone.contains(event.relatedTarget)) zone.classList.remove("dragging");
+  });
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    startUploads(event.dataTransfer.files);
+  });
+  // A file dropped next to the zone must not make the browser leave the page.
+  for (const type of ["dragover", "drop"]) {
+    window.addEventListener(type, (event) => event.preventDefault());
+  }
+}
+
+// -------------------------------------------------------------- recent files
+
+const recent = { cursors: [null], page: 0, next: null, ticket: 0, timer: 0 };
+
+function recentRow(file) {
+  const row = $("#recent-template").content.firstElementChild.cloneNode(true);
+  row.dataset.id = file.id;
+  $(".file-thumb", row).replaceChildren(thumbnail(file));
+  const name = $(".file-name", row);
+  name.textContent = file.filename;
+  name.href = file.url;
+  const parts = [file.content_type, formatBytes(file.size)];
+  if (file.width) parts.push(`${file.width}×${file.height}`);
+  $(".file-meta", row).textContent = parts.join(" · ");
+  const time = $("time", row);
+  time.dateTime = file.created_at;
+  time.textContent = formatDate(file.created_at);
+  if (file.visibility === "public") $(".file-actions", row).append(copyButton(file));
+  return row;
+}
+
+function showRecentMessage(text) {
+  const message = $("#recent-message");
+  message.hidden = !text;
+  message.textContent = text;
+}
+
+function updatePager() {
+  $("#page-newer").disabled = recent.page === 0;
+  $("#page-older").disabled = !recent.next;
+  $("#page-number").textContent = `Page ${recent.page + 1}`;
+}
+
+async function loadRecent() {
+  const ticket = ++recent.ticket;
+  const params = new URLSearchParams({ limit: $("#page-size").value });
+  const cursor = recent.cursors[recent.page];
+  if (cursor) params.set("cursor", cursor);
+  try {
+    const body = await apiJson(`${API}/files?${params}`);
+    if (ticket !== recent.ticket) return; // a newer load has started
+    recent.next = body.next_cursor;
+    $("#recent").replaceChildren(...body.items.map(recentRow));
+    showRecentMessage(body.items.length === 0 ? "Nothing uploaded yet." : "");
+  } catch (error) {
+    if (ticket !== recent.ticket) return;
+    recent.next = null;
+    showRecentMessage(error.message);
+  }
+  updatePager();
+}
+
+/** After uploads, refresh the first page once (never yank the reader off a later page). */
+function scheduleRecentRefresh() {
+  if (recent.page !== 0) return;
+  clearTimeout(recent.timer);
+  recent.timer = setTimeout(loadRecent, 150);
+}
+
+function goToPage(page) {
+  if (page > recent.page) recent.cursors[page] = recent.next;
+  recent.page = page;
+  loadRecent();
+}
+
+function resetRecent() {
+  recent.cursors = [null];
+  recent.page = 0;
+  recent.next = null;
+  loadRecent();
+}
+
+function setUpRecent() {
+  $("#page-newer").addEventListener("click", () => goToPage(recent.page - 1));
+  $("#page-older").addEventListener("click", () => goToPage(recent.page + 1));
+  $("#page-size").addEventListener("change", resetRecent);
+}
+
+// ------------------------------------------------------------------- exports
+
+function columnCheckbox(column) {
+  const label = document.createElement("label");
+  label.className = "column-choice";
+  const box = document.createElement("input");
+  box.type = "checkbox";
+  box.name = "column";
+  box.value = column.name;
+  box.checked = true;
+  const type = document.createElement("span");
+  type.className = "column-type";
+  type.textContent = column.type;
+  label.append(box, ` ${column.name} `, type);
+  return label;
+}
+
+function datasetForm(dataset) {
+  const form = $("#dataset-template").content.firstElementChild.cloneNode(true);
+  form.dataset.name = dataset.name;
+  form.setAttribute("aria-label", `Export ${dataset.name}`);
+  $(".dataset-name", form).textContent = dataset.name;
+  $(".dataset-description", form).textContent = dataset.description ?? "";
+  $(".column-list", form).append(...dataset.columns.map(columnCheckbox));
+  $(".select-all", form).addEventListener("click", () => checkAll(form, true));
+  $(".select-none", form).addEventListener("click", () => checkAll(form, false));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    downloadExport(form, dataset.name);
+  });
+  return form;
+}
+
+function checkAll(form, checked) {
+  for (const box of form.querySelectorAll("input[name=column]")) box.checked = checked;
+}
+
+function setDatasetMessage(form, text, isError = false) {
+  const message = $(".dataset-message", form);
+  message.hidden = !text;
+  message.textContent = text;
+  message.classList.toggle("error", isError);
+  if (text) announce(text);
+}
+
+function exportQuery(form) {
+  const columns = [...form.querySelectorAll("input[name=column]:checked")].map((b) => b.value);
+  const params = new URLSearchParams({ columns: columns.join(",") });
+  const limit = form.elements.limit.value.trim();
+  if (limit) params.set("limit", limit);
+  return columns.length > 0 ? params : null;
+}
+
+/** The file name from Content-Disposition (RFC 6266), if the server gave one. */
+function dispositionFilename(response) {
+  const header = response.headers.get("content-disposition") ?? "";
+  const extended = /filename\*=UTF-8''([^;]+)/i.exec(header);
+  if (extended) return decodeURIComponent(extended[1]);
+  return /filename="([^"]+)"/i.exec(header)?.[1] ?? null;
+}
+
+function saveBlob(blob, filename) {
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = filename;
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), BLOB_URL_LIFETIME_MS);
+}
+
+/** fetch (it can carry the API key, a plain link cannot) → blob → download. */
+async function downloadExport(form, name) {
+  const params = exportQuery(form);
+  if (!params) {
+    setDatasetMessage(form, "Pick at least one column.", true);
+    return;
+  }
+  const button = $("button[type=submit]", form);
+  button.disabled = true;
+  setDatasetMessage(form, `Preparing ${name}.csv…`);
+  try {
+    const response = await api(`${API}/exports/${encodeURIComponent(name)}.csv?${params}`);
+    if (!response.ok) {
+      throw new ApiError(errorMessage(await readJson(response), response.status), response.status);
+    }
+    const blob = await response.blob();
+    const filename = dispositionFilename(response) ?? `${name}.csv`;
+    saveBlob(blob, filename);
+    setDatasetMessage(form, `Downloaded ${filename} (${formatBytes(blob.size)}).`);
+  } catch (error) {
+    const text = error instanceof ApiError ? error.message : "The download was interrupted.";
+    setDatasetMessage(form, text, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+async function loadExports() {
+  const message = $("#exports-message");
+  try {
+    const body = await apiJson(`${API}/exports`);
+    $("#datasets").replaceChildren(...body.datasets.map(datasetForm));
+    message.hidden = body.datasets.length > 0;
+    message.textContent = "No datasets are offered.";
+  } catch (error) {
+    $("#datasets").replaceChildren();
+    message.hidden = false;
+    message.textContent =
+      error.status === 404 ? "This server offers no CSV exports." : error.message;
+  }
+}
+
+// ---------------------------------------------------------------------- main
+
+function refreshAll() {
+  resetRecent();
+  loadExports();
+}
+
+setUpKeyForm();
+setUpDropzone();
+setUpRecent();
+refreshAll();
