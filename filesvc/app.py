@@ -16,8 +16,11 @@ from filesvc.config import Settings
 from filesvc.db import create_engine, create_session_factory, migrate
 from filesvc.deps import Resources
 from filesvc.errors import install_error_handlers
+from filesvc.metrics import Metrics, release_process
+from filesvc.middleware import RequestMiddleware
 from filesvc.origins import install_origins
 from filesvc.routes import files, health, signed_urls
+from filesvc.routes import metrics as metrics_routes
 from filesvc.routes import static as static_urls
 from filesvc.signing import load_signing_key
 from filesvc.storage import create_storage
@@ -60,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         await storage.aclose()
         await engine.dispose()
+        release_process()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -71,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = Metrics()
     install_error_handlers(app)
     auth.install_keyring(app, settings)
     # Every /api route goes into this router: it needs a key and a declared scope.
@@ -79,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(signed_urls.router)
     app.include_router(api)
     app.include_router(health.router)
+    app.include_router(metrics_routes.router)
     app.include_router(static_urls.router)
 
     page = static_dir()
@@ -90,4 +96,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=page, check_dir=False), name="static")
     install_origins(app, settings)
     auth.check_routes(app)
+    # Added last, so outermost: request id, access log and metrics cover every answer.
+    app.add_middleware(RequestMiddleware, router=app.router, metrics=app.state.metrics)
     return app

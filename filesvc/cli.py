@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -20,6 +21,27 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
+EXIT_CODES_HELP = """\
+exit codes:
+  0  success
+  1  the command ran and failed (database unreachable, schema behind, start-up failed)
+  2  bad usage or an invalid FILESVC_* setting (one line names the variable)
+"""
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0-65535)")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
+
 
 def load_settings() -> Settings:
     """Settings from the environment, or one line naming the bad variable and exit 2."""
@@ -31,24 +53,26 @@ def load_settings() -> Settings:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from filesvc.server import StartupFailed, serve
 
     settings = load_settings()
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the
     # default action would kill the process (exit -15). A finished graceful
     # shutdown is a success for supervisors and orchestrators: exit 0 instead.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.run(
-        "filesvc.main:app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        reload=args.reload,
-        log_level=args.log_level or settings.log_level,
-        timeout_graceful_shutdown=args.graceful_timeout,
-        proxy_headers=True,
-        server_header=False,
-    )
+    try:
+        serve(
+            settings,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            reload=args.reload,
+            log_level=args.log_level,
+            graceful_timeout=args.graceful_timeout,
+        )
+    except StartupFailed as exc:
+        logging.getLogger("filesvc").error("start-up failed: %s", exc)  # JSON, like every line
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -132,13 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="filesvc",
         description="File upload and CSV export service. Settings come from FILESVC_* "
         "environment variables (see the README).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the HTTP service")
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP service",
+        description="Run the HTTP service under uvicorn. Logs are JSON lines on stderr; "
+        "with --workers N, /metrics adds up all workers (PROMETHEUS_MULTIPROC_DIR, "
+        "a temporary directory unless set).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
+    serve.add_argument("--workers", type=_positive, default=1, help="worker processes (default 1)")
     serve.add_argument(
         "--log-level",
         choices=["debug", "info", "warning", "error"],
@@ -156,7 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     migrate = commands.add_parser(
-        "migrate", help="create or upgrade the database schema (needed for PostgreSQL)"
+        "migrate",
+        help="create or upgrade the database schema (needed for PostgreSQL)",
+        description="Bring the database schema to a revision (default: the newest). "
+        "With --check, change nothing: exit 0 when the schema is current, 1 when not.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     migrate.add_argument("--revision", default="head", help="target revision (default head)")
     migrate.add_argument(

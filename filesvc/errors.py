@@ -18,6 +18,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from filesvc.logs import REQUEST_ID_HEADER, current_request_id, note_error_code
+
 logger = logging.getLogger("filesvc")
 
 #: Seconds a client is told to wait after a 503.
@@ -163,6 +165,8 @@ class StorageUnavailable(ServiceUnavailable):
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    # Every error answer is built here: the access log and metrics learn its code.
+    note_error_code(code)
     error: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         error["details"] = details
@@ -188,7 +192,7 @@ _HTTP_CODES = {
 
 
 def _request_id(request: Request) -> str:
-    return str(request.scope.get("request_id") or request.headers.get("x-request-id") or "-")
+    return current_request_id() or str(request.scope.get("request_id") or "-")
 
 
 async def _on_filesvc_error(request: Request, exc: Exception) -> Response:
@@ -248,8 +252,12 @@ _CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, err
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
-    logger.error("unexpected error", exc_info=exc, extra={"request_id": _request_id(request)})
-    return error_response(FilesvcError())
+    request_id = _request_id(request)
+    logger.error("unexpected error", exc_info=exc, extra={"request_id": request_id})
+    response = error_response(FilesvcError())
+    if request_id != "-":  # answered outside the request middleware: tag it here
+        response.headers[REQUEST_ID_HEADER] = request_id
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:
