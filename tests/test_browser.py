@@ -1,0 +1,406 @@
+"""The web page in a real browser: Debian's chromium driven by playwright.
+
+Every test opens ``/`` of a live server, acts as a user would (choose, drop,
+type, click) and checks what the page shows against what the API and the data
+directory hold. Console errors are collected and must be none, apart from the
+browser's own log line for a refusal the test provoked on purpose.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image, ImageOps
+from playwright.sync_api import Browser, FilePayload, Page, sync_playwright
+
+from tests.browser import DESKTOP, PHONE, PageWatch, launch, screenshot, watch
+from tests.conftest import ServerFactory
+from tests.images import make_image
+from tests.servers import LiveServer
+
+pytestmark = pytest.mark.browser
+
+ALL_SCOPES = ["files:write", "files:read", "exports:read"]
+#: Bytes per second the browser may send in the cancel test, so it can be caught mid-way.
+THROTTLED_UPLOAD_BYTES_PER_SECOND = 200_000
+
+
+@pytest.fixture
+def database_url() -> str:
+    """The page does not care which database is behind the API: SQLite only."""
+    return ""
+
+
+@pytest.fixture
+def storage_backend() -> str:
+    """Nor which storage: local disk, whose directory the tests can look into."""
+    return "local"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = launch(playwright)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def tab(browser: Browser) -> Iterator[PageWatch]:
+    """A fresh browser context (its own sessionStorage) at desktop size."""
+    context = browser.new_context(viewport=DESKTOP, accept_downloads=True)
+    context.set_default_timeout(15_000)
+    yield watch(context.new_page())
+    context.close()
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def gradient_image(size: tuple[int, int], start: str, end: str, kind: str = "PNG") -> bytes:
+    """A diagonal two-colour gradient: pleasant thumbnails for the screenshots."""
+    ramp = Image.linear_gradient("L").rotate(45, expand=True).resize(size)
+    image = ImageOps.colorize(ramp, start, end)
+    buffer = io.BytesIO()
+    image.save(buffer, kind)
+    return buffer.getvalue()
+
+
+def payload(name: str, data: bytes, mime: str = "image/png") -> FilePayload:
+    return {"name": name, "mimeType": mime, "buffer": data}
+
+
+def upload_via_api(client: httpx.Client, name: str, data: bytes, **headers: str) -> dict[str, Any]:
+    response = client.post(
+        "/api/v1/files", files={"file": (name, data, "image/png")}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def listed(client: httpx.Client, **headers: str) -> list[dict[str, Any]]:
+    response = client.get("/api/v1/files", headers=headers)
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+def open_page(tab: PageWatch, server: LiveServer) -> Page:
+    tab.page.goto(server.url)
+    return tab.page
+
+
+def wait_for_tiles(page: Page, state: str, count: int) -> None:
+    page.wait_for_function(
+        "([state, count]) => document.querySelectorAll("
+        "`#uploads .tile[data-state=${state}]`).length === count",
+        arg=[state, count],
+    )
+
+
+def tile_messages(page: Page) -> dict[str, str]:
+    names = page.locator("#uploads .tile .tile-name").all_inner_texts()
+    messages = page.locator("#uploads .tile .tile-message").all_inner_texts()
+    return dict(zip(names, messages, strict=True))
+
+
+def eventually(check: Callable[[], bool], seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+# --------------------------------------------------------------------- tests
+
+
+def test_three_images_upload_with_progress_and_thumbnails(
+    tab: PageWatch, server: LiveServer, client: httpx.Client
+) -> None:
+    originals = {
+        "red.png": make_image("image/png", (64, 48)),
+        "photo.jpg": make_image("image/jpeg", (120, 90), noise=True),
+        "anim.gif": make_image("image/gif", (30, 30)),
+    }
+    mimes = {"red.png": "image/png", "photo.jpg": "image/jpeg", "anim.gif": "image/gif"}
+    page = open_page(tab, server)
+    page.set_input_files(
+        "#file-input", [payload(name, data, mimes[name]) for name, data in originals.items()]
+    )
+
+    wait_for_tiles(page, "done", 3)
+    assert page.locator("#uploads progress").evaluate_all("bars => bars.map(b => b.value)") == [
+        100,
+        100,
+        100,
+    ]
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#uploads img')]"
+        ".filter(img => img.complete && img.naturalWidth > 0).length === 3"
+    )
+    urls = page.locator("#uploads .copy").evaluate_all("bs => bs.map(b => b.dataset.url)")
+    names = page.locator("#uploads .tile-name").all_inner_texts()
+    for name, url in zip(names, urls, strict=True):
+        assert url.startswith(server.url + "/files/")
+        fetched = httpx.get(url, timeout=30)
+        assert fetched.status_code == 200
+        assert hashlib.sha256(fetched.content).digest() == hashlib.sha256(originals[name]).digest()
+
+    stored = {item["filename"] for item in listed(client)}
+    assert stored == set(originals)
+    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 3")
+    tab.assert_no_errors()
+
+
+def test_copy_button_puts_the_absolute_url_on_the_clipboard(
+    tab: PageWatch, server: LiveServer, client: httpx.Client
+) -> None:
+    file = upload_via_api(client, "copy me.png", make_image())
+    tab.page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = open_page(tab, server)
+    row = page.locator(f"#recent .file-row[data-id='{file['id']}']")
+    row.get_by_role("button", name="Copy the URL of copy me.png").click()
+    page.wait_for_function(
+        "() => document.querySelector('#status').textContent.startsWith('Copied')"
+    )
+    assert page.evaluate("navigator.clipboard.readText()") == server.url + file["url"]
+    tab.assert_no_errors()
+
+
+def test_refusals_show_the_server_message_and_store_nothing(
+    tab: PageWatch, make_server: ServerFactory
+) -> None:
+    server = make_server(max_upload_bytes=20_000)
+    too_large = make_image("image/png", (120, 120), noise=True)
+    not_an_image = b"just some text, not an image\n"
+    assert len(too_large) > 20_000
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        expected = {
+            "big.png": client.post("/api/v1/files", files={"file": ("big.png", too_large)}),
+            "notes.png": client.post("/api/v1/files", files={"file": ("notes.png", not_an_image)}),
+        }
+        assert {n: r.status_code for n, r in expected.items()} == {
+            "big.png": 413,
+            "notes.png": 415,
+        }
+        page = open_page(tab, server)
+        page.set_input_files(
+            "#file-input", [payload("big.png", too_large), payload("notes.png", not_an_image)]
+        )
+        wait_for_tiles(page, "error", 2)
+
+        assert tile_messages(page) == {
+            name: response.json()["error"]["message"] for name, response in expected.items()
+        }
+        assert listed(client) == []
+    assert server.stored_paths() == []
+    tab.assert_no_errors(413, 415)
+
+
+def test_cancel_aborts_the_upload_and_stores_nothing(
+    tab: PageWatch, server: LiveServer, client: httpx.Client
+) -> None:
+    page = open_page(tab, server)
+    throttle = page.context.new_cdp_session(page)
+    throttle.send("Network.enable")
+    throttle.send(
+        "Network.emulateNetworkConditions",
+        {
+            "offline": False,
+            "latency": 0,
+            "downloadThroughput": -1,
+            "uploadThroughput": THROTTLED_UPLOAD_BYTES_PER_SECOND,
+        },
+    )
+    big = make_image("image/png", (600, 600), noise=True)  # about 1 MB: five seconds
+    page.set_input_files("#file-input", [payload("slow.png", big)])
+
+    progress = page.locator("#uploads progress")
+    page.wait_for_function("() => document.querySelector('#uploads progress').value >= 10")
+    assert progress.evaluate("bar => bar.value") < 100  # real progress, not a jump to done
+    page.get_by_role("button", name="Cancel the upload of slow.png").click()
+
+    wait_for_tiles(page, "cancelled", 1)
+    assert tile_messages(page) == {"slow.png": "Cancelled."}
+    assert eventually(lambda: server.stored_paths() == []), server.stored_paths()
+    assert listed(client) == []
+    tab.assert_no_errors()
+
+
+def test_keyboard_and_drop_both_upload(
+    tab: PageWatch, server: LiveServer, client: httpx.Client
+) -> None:
+    page = tab.page
+    # Intercepting file choosers is switched on asynchronously by the first
+    # listener: switch it on now, or the Enter below may race ahead of it.
+    page.on("filechooser", lambda chooser: None)
+    page = open_page(tab, server)
+    # Labelled controls: every input and select has a label or an aria-label.
+    unlabelled = page.evaluate(
+        "() => [...document.querySelectorAll('input, select')]"
+        ".filter(c => c.labels.length === 0 && !c.getAttribute('aria-label')).map(c => c.id)"
+    )
+    assert unlabelled == []
+
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.id") == "dropzone"
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    assert chooser.value.is_multiple()
+    chooser.value.set_files([payload("typed.png", make_image())])
+    wait_for_tiles(page, "done", 1)
+
+    dropped = make_image("image/png", (20, 20))
+    transfer = page.evaluate_handle(
+        """(bytes) => {
+            const transfer = new DataTransfer();
+            const file = new File([new Uint8Array(bytes)], "dropped.png", {type: "image/png"});
+            transfer.items.add(file);
+            return transfer;
+        }""",
+        list(dropped),
+    )
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+    wait_for_tiles(page, "done", 2)
+    assert {item["filename"] for item in listed(client)} == {"typed.png", "dropped.png"}
+    tab.assert_no_errors()
+
+
+def test_recent_files_page_through_everything(
+    tab: PageWatch, server: LiveServer, client: httpx.Client
+) -> None:
+    for number in range(7):
+        upload_via_api(client, f"file-{number}.png", make_image("image/png", (8 + number, 8)))
+    page = open_page(tab, server)
+    rows = page.locator("#recent .file-name")
+    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 7")
+
+    page.get_by_label("Per page").select_option("5")
+    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 5")
+    assert rows.all_inner_texts() == [f"file-{n}.png" for n in (6, 5, 4, 3, 2)]
+    assert page.get_by_role("button", name="Newer").is_disabled()
+
+    page.get_by_role("button", name="Older").click()
+    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 2")
+    assert rows.all_inner_texts() == ["file-1.png", "file-0.png"]
+    assert page.get_by_role("button", name="Older").is_disabled()
+    assert page.locator("#page-number").inner_text() == "Page 2"
+
+    page.get_by_role("button", name="Newer").click()
+    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 5")
+    assert rows.all_inner_texts()[0] == "file-6.png"
+    tab.assert_no_errors()
+
+
+def test_export_download_has_exactly_the_picked_columns(
+    tab: PageWatch, server: LiveServer, client: httpx.Client, tmp_path: Path
+) -> None:
+    if client.get("/api/v1/exports").status_code == 404:
+        pytest.skip("the CSV export route (/api/v1/exports) is not in the tree yet")
+    for name in ("a.png", "b.png", "c.png"):
+        upload_via_api(client, name, make_image())
+    page = open_page(tab, server)
+    form = page.locator("form.dataset[data-name=files]")
+    form.get_by_role("button", name="None").click()
+    form.locator("input[name=column][value=filename]").check()
+    form.locator("input[name=column][value=size]").check()
+    form.get_by_label("Row limit").fill("2")
+
+    with page.expect_download() as download:
+        form.get_by_role("button", name="Download CSV").click()
+    target = tmp_path / "export.csv"
+    download.value.save_as(target)
+    assert download.value.suggested_filename.startswith("files-")
+    assert download.value.suggested_filename.endswith(".csv")
+
+    rows = list(csv.reader(io.StringIO(target.read_text(encoding="utf-8"), newline="")))
+    assert rows[0] == ["filename", "size"]
+    assert len(rows) == 3
+    assert {row[0] for row in rows[1:]} <= {"a.png", "b.png", "c.png"}
+    tab.assert_no_errors()
+
+
+def test_api_key_is_asked_once_and_a_wrong_key_is_refused(
+    tab: PageWatch, make_server: ServerFactory
+) -> None:
+    server = make_server(api_keys={"right-key": ALL_SCOPES})
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        if client.get("/api/v1/files").status_code != 401:
+            pytest.fail("api_keys is configured but /api/v1/files answers without a key")
+        wrong = client.get("/api/v1/files", headers={"X-API-Key": "wrong-key"})
+        assert wrong.status_code == 401
+        upload_via_api(client, "kept.png", make_image(), **{"X-API-Key": "right-key"})
+
+        page = open_page(tab, server)
+        key_input = page.get_by_label("API key", exact=True)
+        key_input.wait_for()
+        assert page.locator("#key-error").is_hidden()  # asked, not yet refused
+
+        key_input.fill("wrong-key")
+        key_input.press("Enter")
+        error = page.locator("#key-error")
+        error.wait_for()
+        assert error.inner_text() == wrong.json()["error"]["message"]
+        assert page.evaluate("sessionStorage.getItem('filesvc.apiKey')") is None
+
+        key_input.fill("right-key")
+        page.get_by_role("button", name="Use key").click()
+        page.locator("#key-panel").wait_for(state="hidden")
+        page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 1")
+        page.set_input_files("#file-input", [payload("with-key.png", make_image())])
+        wait_for_tiles(page, "done", 1)
+        assert page.evaluate("sessionStorage.getItem('filesvc.apiKey')") == "right-key"
+
+        page.reload()  # kept for the tab: not asked again
+        page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 2")
+        assert page.locator("#key-panel").is_hidden()
+        assert page.locator("#key-state").is_visible()
+        headers = {"X-API-Key": "right-key"}
+        assert {item["filename"] for item in listed(client, **headers)} == {
+            "kept.png",
+            "with-key.png",
+        }
+    tab.assert_no_errors(401)
+
+
+def test_screenshots_desktop_and_phone(tab: PageWatch, make_server: ServerFactory) -> None:
+    server = make_server(max_upload_bytes=200_000)
+    palette = [
+        ("sunset.png", "#ff7e5f", "#feb47b"),
+        ("ocean.png", "#2193b0", "#6dd5ed"),
+        ("forest.png", "#11998e", "#38ef7d"),
+        ("dusk.png", "#41295a", "#2f0743"),
+        ("lilac.png", "#c471f5", "#fa71cd"),
+    ]
+    with httpx.Client(base_url=server.url, timeout=30) as api:
+        for name, start, end in palette[3:]:
+            upload_via_api(api, name, gradient_image((320, 240), start, end))
+    page = open_page(tab, server)
+    page.set_input_files(
+        "#file-input",
+        [payload(name, gradient_image((320, 240), a, b)) for name, a, b in palette[:3]]
+        + [payload("huge-scan.png", make_image("image/png", (400, 400), noise=True))],
+    )
+    wait_for_tiles(page, "done", 3)
+    wait_for_tiles(page, "error", 1)
+    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 5")
+    page.wait_for_function(
+        "() => [...document.images].every(img => img.complete && img.naturalWidth > 0)"
+    )
+    page.evaluate("document.activeElement.blur()")
+    screenshot(page, "desktop")
+    page.set_viewport_size(PHONE)
+    screenshot(page, "phone")
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    tab.assert_no_errors(413)
