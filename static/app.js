@@ -102,6 +102,7 @@ function useKey(key) {
   showKeyState();
   $("#key-panel").hidden = true;
   $("#key-input").value = "";
+  $("#dropzone").focus(); // the panel that held the focus is gone
   const resolve = auth.resolve;
   auth.pending = null;
   auth.resolve = null;
@@ -271,7 +272,9 @@ function setState(upload, state, message) {
 function setProgress(upload, fraction) {
   const percent = Math.round(fraction * 100);
   $("progress", upload.tile).value = percent;
-  $(".tile-message", upload.tile).textContent = `Uploading… ${percent}%`;
+  // Every byte sent: the server is still checking and storing the file.
+  $(".tile-message", upload.tile).textContent =
+    percent < 100 ? `Uploading… ${percent}%` : "Processing…";
 }
 
 function cancelUpload(upload) {
@@ -367,7 +370,13 @@ function startUploads(files) {
   const list = [...files];
   if (list.length === 0) return;
   for (const file of list) {
-    const upload = { file, tile: createUploadTile(file), xhr: null };
+    const upload = {
+      file,
+      tile: createUploadTile(file),
+      xhr: null,
+      cancelled: false,
+      finished: false,
+    };
     setState(upload, "queued", "Waiting…");
     $(".cancel", upload.tile).addEventListener("click", () => cancelUpload(upload));
     queue.waiting.push(upload);
