@@ -40,20 +40,19 @@ _NO_STORE = {"Cache-Control": "no-store"}
 _abandoned: set[asyncio.Task[None]] = set()
 
 
-@router.api_route(
-    "/healthz", methods=["GET", "HEAD"], summary="The process is alive", response_model=None
-)
+@router.get("/healthz", summary="The process is alive", response_model=None)
+@router.head("/healthz", include_in_schema=False)
 async def healthz() -> JSONResponse:
     return JSONResponse({"status": "ok"}, headers=_NO_STORE)
 
 
-@router.api_route(
+@router.get(
     "/readyz",
-    methods=["GET", "HEAD"],
     summary="Database and storage are reachable",
     response_model=None,
     responses={503: {"description": "Not ready: `details.checks` names what failed."}},
 )
+@router.head("/readyz", include_in_schema=False)
 async def readyz(resources: ResourcesDep) -> JSONResponse:
     names = ("database", "storage")
     outcomes = await asyncio.gather(
