@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from filesvc.logs import REQUEST_ID_HEADER, current_request_id, note_error_code
@@ -164,6 +165,13 @@ class StorageUnavailable(ServiceUnavailable):
     message = "The file storage is unavailable."
 
 
+class ClientClosedRequest(FilesvcError):
+    # nginx's 499: no client reads it, but the access log and metrics do.
+    status_code = 499
+    code = "client_closed_request"
+    message = "The client closed the connection before its request was complete."
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     # Every error answer is built here: the access log and metrics learn its code.
     note_error_code(code)
@@ -251,6 +259,12 @@ async def _on_os_error(request: Request, exc: Exception) -> Response:
 _CONNECT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH, errno.ETIMEDOUT}
 
 
+async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
+    # A truncated body is the client's doing, not a fault of the service.
+    logger.info("client disconnected mid-request", extra={"request_id": _request_id(request)})
+    return error_response(ClientClosedRequest())
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     request_id = _request_id(request)
     logger.error("unexpected error", exc_info=exc, extra={"request_id": request_id})
@@ -266,4 +280,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(DBAPIError, _on_database_error)
     app.add_exception_handler(OSError, _on_os_error)
+    app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import anyio
 from python_multipart.exceptions import MultipartParseError
@@ -45,6 +46,7 @@ MAX_FILENAME_CHARS = 255
 #: Multipart framing allowed on top of the file limit before Content-Length alone refuses.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+_EXTENDED_FILENAME = re.compile(rb"filename\*\s*=\s*utf-8'[^']*'([^;\s]+)", re.IGNORECASE)
 _REPR_DIGEST = re.compile(r"(?:^|,)\s*sha-256\s*=\s*:([A-Za-z0-9+/=]+):", re.IGNORECASE)
 
 
@@ -234,7 +236,8 @@ async def _body_chunks(request: Request, settings: Settings) -> AsyncIterator[by
             budget, reason = left, f"took longer than {settings.body_deadline:g} seconds"
         if settings.min_body_rate:
             allowed = max(settings.body_timeout, received / settings.min_body_rate)
-            if allowed - waited < budget:
+            # Within 10% of the idle budget, a client that sends nothing is said to stall.
+            if allowed - waited < budget * 0.9:
                 budget = allowed - waited
                 reason = f"arrived slower than {settings.min_body_rate} bytes per second"
         asked = time.monotonic()
@@ -286,11 +289,24 @@ def parse_repr_digest(header: str | None) -> str | None:
     return digest.hex()
 
 
+def _check_query_utf8(request: Request, name: str) -> None:
+    """Starlette decodes a query with replacement characters; refuse bytes that are not UTF-8."""
+    raw = request.scope.get("query_string", b"").decode("latin-1")
+    for key, value in parse_qsl(raw, keep_blank_values=True, encoding="latin-1"):
+        try:
+            if key == name:
+                value.encode("latin-1").decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"The {name} query parameter is not UTF-8.") from exc
+
+
 async def receive_raw(
     request: Request, settings: Settings, storage: Storage, *, filename: str | None
 ) -> ReceivedFile:
     """A non-multipart body is the file itself."""
     check_content_length(request, settings.max_upload_bytes)
+    if filename is not None and "\ufffd" in filename:
+        _check_query_utf8(request, "filename")
     expected = parse_repr_digest(request.headers.get("repr-digest"))
     async with FileReceiver(
         settings, storage, filename=filename, expected_sha256=expected
@@ -397,6 +413,10 @@ async def _parse_parts(
                 raise
             finally:
                 events.clear()
+            if state.finished:
+                # Whatever follows the final boundary is an epilogue to ignore, not to
+                # read: a chunked body could otherwise go on for ever.
+                break
         if not state.finished:
             raise InvalidRequest("The multipart body ended before its final boundary.")
 
@@ -418,6 +438,7 @@ class _FormState:
         self._max_files = max_files
         self._stack = stack
         self._header_bytes = 0
+        self._field_parts = 0
         self.part: _Part | None = None
         self.finished = False
 
@@ -459,7 +480,9 @@ class _FormState:
         _describe_part(part)
         form = self._form
         if not part.is_file:
-            if len(form.fields) >= self._settings.max_form_fields:
+            # Parts, not distinct names: a name repeated a million times counts too.
+            self._field_parts += 1
+            if self._field_parts > self._settings.max_form_fields:
                 raise InvalidRequest(f"More than {self._settings.max_form_fields} form fields.")
             return
         if part.name != "file":
@@ -489,10 +512,21 @@ def _describe_part(part: _Part) -> None:
     kind, options = parse_options_header(disposition)
     if kind != b"form-data" or b"name" not in options:
         raise InvalidRequest("A multipart part is not form-data with a name.")
-    part.name = options[b"name"].decode("utf-8", "replace")
+    part.name = _utf8(options[b"name"], "A multipart part's name")
     if b"filename" in options:
         part.is_file = True
-        part.filename = options[b"filename"].decode("utf-8", "replace")
+        part.filename = _utf8(options[b"filename"], "The file name")
+    elif (extended := _EXTENDED_FILENAME.search(disposition)) is not None:
+        # RFC 5987 ``filename*=UTF-8''%E2%82%AC.png``, which the parser drops.
+        part.is_file = True
+        part.filename = _utf8(unquote_to_bytes(extended.group(1)), "The file name")
+
+
+def _utf8(value: bytes, what: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"{what} is not UTF-8.") from exc
 
 
 def _decode_field(part: _Part) -> str:
