@@ -1,0 +1,160 @@
+"""CORS for FILESVC_CORS_ORIGINS only, and the optional trusted-host check (filesvc/origins.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from filesvc.config import Settings
+from tests.conftest import ServerFactory
+from tests.images import make_image
+from tests.servers import LiveServer
+
+ORIGIN = "https://app.example.com"
+KEY = "cors-admin-key-7d1f"
+
+
+@pytest.fixture
+def database_url() -> str:
+    return ""
+
+
+@pytest.fixture
+def storage_settings() -> dict[str, Any]:
+    return {"storage": "local"}
+
+
+@pytest.fixture
+def cors(make_server: ServerFactory) -> LiveServer:
+    return make_server(cors_origins=[ORIGIN], api_keys={KEY: ["admin"]})
+
+
+def preflight(
+    client: httpx.Client, path: str, origin: str, method: str, headers: str | None = None
+) -> httpx.Response:
+    request_headers = {"Origin": origin, "Access-Control-Request-Method": method}
+    if headers is not None:
+        request_headers["Access-Control-Request-Headers"] = headers
+    return client.options(path, headers=request_headers)
+
+
+def _listed(value: str) -> set[str]:
+    return {item.strip().lower() for item in value.split(",")}
+
+
+def test_preflight_allowed(cors: LiveServer) -> None:
+    with httpx.Client(base_url=cors.url) as client:
+        for method, path, headers in (
+            ("POST", "/api/v1/files", "authorization, content-type, repr-digest"),
+            ("POST", "/api/v1/files/batch", "x-api-key"),
+            ("DELETE", "/api/v1/files/abc", "authorization"),
+            ("GET", "/files/abc/a.png", "range, if-none-match"),
+        ):
+            response = preflight(client, path, ORIGIN, method, headers)
+            assert response.status_code == 200, response.text
+            assert response.headers["access-control-allow-origin"] == ORIGIN
+            assert method.lower() in _listed(response.headers["access-control-allow-methods"])
+            allowed = _listed(response.headers["access-control-allow-headers"])
+            assert _listed(headers) <= allowed
+            assert "origin" in _listed(response.headers["vary"])
+            # The key is a header, not a cookie: no credentials mode.
+            assert "access-control-allow-credentials" not in response.headers
+
+
+def test_preflight_refused(cors: LiveServer) -> None:
+    with httpx.Client(base_url=cors.url) as client:
+        for origin, method, headers in (
+            ("https://evil.example.com", "POST", "authorization"),
+            ("https://app.example.com.evil.com", "GET", None),
+            ("http://app.example.com", "GET", None),  # another scheme is another origin
+            ("null", "POST", None),
+            (ORIGIN, "PUT", None),
+            (ORIGIN, "POST", "x-evil-header"),
+        ):
+            response = preflight(client, "/api/v1/files", origin, method, headers)
+            assert response.status_code == 400, (origin, method, headers)
+            assert response.json()["error"]["code"] == "cors_refused"
+            if origin != ORIGIN:
+                assert "access-control-allow-origin" not in response.headers
+
+
+def test_cross_origin_requests(cors: LiveServer) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=cors.url) as client:
+        uploaded = client.post(
+            "/api/v1/files?filename=a.png",
+            content=make_image("image/png"),
+            headers={"Origin": ORIGIN, **auth},
+        )
+        assert uploaded.status_code == 201
+        assert uploaded.headers["access-control-allow-origin"] == ORIGIN
+        exposed = _listed(uploaded.headers["access-control-expose-headers"])
+        assert {"location", "x-request-id", "content-range", "etag"} <= exposed
+
+        # Errors carry the CORS headers too, so the page can read the JSON error.
+        refused = client.get("/api/v1/files", headers={"Origin": ORIGIN})
+        assert refused.status_code == 401
+        assert refused.headers["access-control-allow-origin"] == ORIGIN
+
+        other = client.get("/api/v1/files", headers={"Origin": "https://evil.example.com", **auth})
+        assert other.status_code == 200  # the browser, not the server, withholds the answer
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_no_cors_when_unconfigured(server: LiveServer, client: httpx.Client) -> None:
+    response = client.get("/api/v1/files", headers={"Origin": ORIGIN})
+    assert response.status_code == 200
+    assert not [name for name in response.headers if name.startswith("access-control-")]
+    response = preflight(client, "/api/v1/files", ORIGIN, "POST", "authorization")
+    assert response.status_code == 405
+    assert not [name for name in response.headers if name.startswith("access-control-")]
+
+
+@pytest.mark.parametrize(
+    "value", ["https://app.example.com/", "app.example.com", "https://a.com/path", "ftp://a.com"]
+)
+def test_cors_origins_must_be_origins(value: str) -> None:
+    with pytest.raises(ValidationError, match="cors_origins"):
+        Settings(_env_file=None, cors_origins=[value])
+
+
+def test_cors_origins_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FILESVC_CORS_ORIGINS", "https://a.example.com, http://localhost:5173")
+    monkeypatch.setenv("FILESVC_TRUSTED_HOSTS", '["files.example.com", "*.example.net"]')
+    settings = Settings(_env_file=None)
+    assert settings.cors_origins == ["https://a.example.com", "http://localhost:5173"]
+    assert settings.trusted_hosts == ["files.example.com", "*.example.net"]
+
+
+# Trusted hosts
+
+
+def test_trusted_hosts(make_server: ServerFactory) -> None:
+    server = make_server(trusted_hosts=["files.example.com", "*.cdn.example.net"])
+    with httpx.Client(base_url=server.url) as client:
+        for host in ("files.example.com", "files.example.com:8000", "a.cdn.example.net"):
+            assert client.get("/api/v1/files", headers={"Host": host}).status_code == 200, host
+        for host in (
+            "evil.example.com",
+            "files.example.com.evil.com",
+            "cdn.example.net",
+            "127.0.0.1",
+        ):
+            response = client.get("/api/v1/files", headers={"Host": host})
+            assert response.status_code == 400, host
+            assert response.json()["error"]["code"] == "invalid_host"
+        # Probes and scrapers reach pods by address.
+        assert client.get("/healthz", headers={"Host": "10.1.2.3:8000"}).status_code == 200
+
+
+def test_any_host_when_unconfigured(client: httpx.Client) -> None:
+    assert client.get("/api/v1/files", headers={"Host": "anything.example"}).status_code == 200
+
+
+@pytest.mark.parametrize("value", ["*", "a.*.com", "*example.com", "files.example.com/x"])
+def test_trusted_hosts_must_be_hosts(value: str) -> None:
+    with pytest.raises(ValidationError, match="trusted_hosts"):
+        Settings(_env_file=None, trusted_hosts=[value])
