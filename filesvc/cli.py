@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser(
         "check",
         help="find rows without bytes and bytes without rows; exit 1 if any (0 with --fix)",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("--fix", action="store_true", help="delete the rows and the bytes found")
     check.add_argument(

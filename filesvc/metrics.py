@@ -105,7 +105,7 @@ class Metrics:
         )
         self.export_bytes = Counter(
             "filesvc_export_bytes",
-            "CSV bytes produced by exports (before compression), by dataset.",
+            "CSV bytes sent by exports (gzipped when the client accepts it), by dataset.",
             ["dataset"],
             registry=registry,
         )
