@@ -55,9 +55,46 @@ class LiveServer:
         return self.settings.data_dir
 
     def stored_paths(self) -> list[Path]:
-        """Every file under the local storage root, unfinished ones included."""
+        """Every file under the local storage root, unfinished ones included (local only)."""
+        if self.settings.storage != "local":
+            raise RuntimeError(
+                "stored_paths() reads the local disk; use stored_objects(), which works "
+                f"with every backend (this server stores in {self.settings.storage})"
+            )
         root = self.settings.data_dir / "files"
         return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+    def stored_objects(self) -> list[str]:
+        """What the storage holds, committed or not, with any backend: ``[]`` means no debris.
+
+        Local: every file under the root, as a path relative to it (unfinished
+        writes are hidden ``.*.part`` files). S3: every key under the prefix,
+        plus ``"<key> (unfinished multipart upload)"`` for each upload in progress.
+        """
+        if self.settings.storage == "local":
+            root = self.settings.data_dir / "files"
+            return [p.relative_to(root).as_posix() for p in self.stored_paths()]
+        from tests.s3server import list_incomplete_uploads, list_keys, s3_client
+
+        client = s3_client(self.settings.s3_endpoint_url or "")
+        prefix = self.settings.s3_prefix.strip("/") + "/" if self.settings.s3_prefix else ""
+        bucket = self.settings.s3_bucket
+        keys = [key[len(prefix) :] for key in list_keys(client, bucket, prefix)]
+        unfinished = list_incomplete_uploads(client, bucket, prefix)
+        return sorted(keys) + [
+            f"{key[len(prefix) :]} (unfinished multipart upload)" for key in sorted(unfinished)
+        ]
+
+    def read_stored(self, name: str) -> bytes:
+        """The bytes of one committed object named as :meth:`stored_objects` names it."""
+        if self.settings.storage == "local":
+            return (self.settings.data_dir / "files" / name).read_bytes()
+        from tests.s3server import s3_client
+
+        client = s3_client(self.settings.s3_endpoint_url or "")
+        prefix = self.settings.s3_prefix.strip("/") + "/" if self.settings.s3_prefix else ""
+        response = client.get_object(Bucket=self.settings.s3_bucket, Key=prefix + name)
+        return response["Body"].read()
 
     def query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         """Rows straight from the database, bypassing the service."""
