@@ -84,107 +84,127 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
         request_id = incoming_request_id(scope) or new_request_id()
         scope["request_id"] = request_id
-        arrived = dict(scope)
         token = bind_request(request_id)
-        method = scope["method"] if scope["method"] in METHODS else "other"
-        # Known before routing: these routes have no parameters, or a fixed prefix.
-        is_upload = (method, scope["path"]) in UPLOAD_ROUTES
-        is_export = method in {"GET", "HEAD"} and scope["path"].startswith(EXPORT_ROUTE_PREFIX)
-        metrics = self.metrics
-        route = "unmatched"
-        served = metrics.served_bytes.labels(route=route)
-        status: int | None = None
-        bytes_in = 0
-        bytes_out = 0
-
-        async def counting_receive() -> Message:
-            nonlocal bytes_in
-            message = await receive()
-            if message["type"] == "http.request":
-                size = len(message.get("body", b""))
-                bytes_in += size
-                if is_upload and size:
-                    metrics.uploaded_bytes.inc(size)
-            return message
-
-        async def tagging_send(message: Message) -> None:
-            nonlocal status, bytes_out, route, served
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                route = self.route_template(scope, arrived)
-                served = metrics.served_bytes.labels(route=route)
-                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _HEADER]
-                headers.append((_HEADER, request_id.encode("latin-1")))
-                message["headers"] = headers
-            elif message["type"] == "http.response.body":
-                size = len(message.get("body", b""))
-                if size:
-                    bytes_out += size
-                    served.inc(size)
-            await send(message)
-
-        gauge = (
-            metrics.uploads_in_progress
-            if is_upload
-            else metrics.exports_in_progress
-            if is_export
-            else None
-        )
-        fault: BaseException | None = None
-        fault_code: str | None = None
+        exchange = _Exchange(self, scope, request_id)
         try:
-            with metrics.in_progress(gauge):
-                await self.app(scope, counting_receive, tagging_send)
+            with self.metrics.in_progress(exchange.gauge):
+                await self.app(scope, exchange.receive(receive), exchange.send(send))
         except BaseException as exc:
-            fault = exc
-            if status is None:
-                gone = isinstance(exc, asyncio.CancelledError)
-                status = CLIENT_CLOSED_STATUS if gone else 500
-                fault_code = "client_closed_request" if gone else "internal_error"
+            exchange.fail(exc)
             # The id stays bound: the server logs this fault next, in this same task.
             raise
         finally:
-            final = status if status is not None else 500
-            if route == "unmatched":  # no response started: the router may still know
-                route = self.route_template(scope, arrived)
-            duration = time.perf_counter() - started
-            context = current_request()
-            error_code = context.error_code if context is not None else None
-            error_code = error_code or fault_code
-            labels = {"method": method, "route": route, "status": str(final)}
-            metrics.requests.labels(**labels).inc()
-            metrics.request_duration.labels(**labels).observe(duration)
-            if is_upload and final >= 400:
-                metrics.upload_refusals.labels(reason=error_code or f"http_{final}").inc()
-            quiet = route in self.quiet_routes and final < 400
-            level = logging.DEBUG if quiet else logging.INFO
-            if access_logger.isEnabledFor(level):
-                client = scope.get("client")
-                access_logger.log(
-                    level,
-                    "%s %s %d",
-                    scope["method"],
-                    scope["path"],
-                    final,
-                    extra={
-                        "request_id": request_id,
-                        "method": scope["method"],
-                        "route": route,
-                        "path": scope["path"],
-                        "status": final,
-                        "duration_ms": round(duration * 1000, 3),
-                        "bytes": bytes_out,
-                        "request_bytes": bytes_in,
-                        "error_code": error_code,
-                        "client": client[0] if client else None,
-                        "incomplete": True if fault is not None else None,
-                    },
-                )
-            if fault is None:
-                unbind_request(token)
+            exchange.finish()
+        unbind_request(token)
+
+
+class _Exchange:
+    """One request and its response, as the middleware counts and logs them."""
+
+    def __init__(self, middleware: RequestMiddleware, scope: Scope, request_id: str) -> None:
+        self.middleware = middleware
+        self.metrics = middleware.metrics
+        self.scope = scope
+        self.arrived = dict(scope)  # before routers and mounts change it
+        self.request_id = request_id
+        self.started = time.perf_counter()
+        self.method = scope["method"] if scope["method"] in METHODS else "other"
+        # Known before routing: these routes have no parameters, or a fixed prefix.
+        path = scope["path"]
+        self.is_upload = (self.method, path) in UPLOAD_ROUTES
+        is_export = self.method in {"GET", "HEAD"} and path.startswith(EXPORT_ROUTE_PREFIX)
+        self.gauge = (
+            self.metrics.uploads_in_progress
+            if self.is_upload
+            else self.metrics.exports_in_progress
+            if is_export
+            else None
+        )
+        self.route: str | None = None
+        self.status: int | None = None
+        self.fault_code: str | None = None
+        self.incomplete = False
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def receive(self, receive: Receive) -> Receive:
+        async def counting_receive() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                size = len(message.get("body", b""))
+                self.bytes_in += size
+                if self.is_upload and size:
+                    self.metrics.uploaded_bytes.inc(size)
+            return message
+
+        return counting_receive
+
+    def send(self, send: Send) -> Send:
+        header = (_HEADER, self.request_id.encode("latin-1"))
+        served = None
+
+        async def tagging_send(message: Message) -> None:
+            nonlocal served
+            if message["type"] == "http.response.start":
+                self.status = message["status"]
+                self.route = self.middleware.route_template(self.scope, self.arrived)
+                served = self.metrics.served_bytes.labels(route=self.route)
+                headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _HEADER]
+                message["headers"] = [*headers, header]
+            elif message["type"] == "http.response.body":
+                size = len(message.get("body", b""))
+                if size and served is not None:
+                    self.bytes_out += size
+                    served.inc(size)
+            await send(message)
+
+        return tagging_send
+
+    def fail(self, exc: BaseException) -> None:
+        self.incomplete = True
+        if self.status is None:  # answered after us, by ServerErrorMiddleware, if at all
+            gone = isinstance(exc, asyncio.CancelledError)
+            self.status = CLIENT_CLOSED_STATUS if gone else 500
+            self.fault_code = "client_closed_request" if gone else "internal_error"
+
+    def finish(self) -> None:
+        status = self.status if self.status is not None else 500
+        route = self.route or self.middleware.route_template(self.scope, self.arrived)
+        duration = time.perf_counter() - self.started
+        context = current_request()
+        error_code = (context.error_code if context is not None else None) or self.fault_code
+        labels = {"method": self.method, "route": route, "status": str(status)}
+        self.metrics.requests.labels(**labels).inc()
+        self.metrics.request_duration.labels(**labels).observe(duration)
+        if self.is_upload and status >= 400:
+            self.metrics.upload_refusals.labels(reason=error_code or f"http_{status}").inc()
+        quiet = route in self.middleware.quiet_routes and status < 400
+        level = logging.DEBUG if quiet else logging.INFO
+        if not access_logger.isEnabledFor(level):
+            return
+        client = self.scope.get("client")
+        access_logger.log(
+            level,
+            "%s %s %d",
+            self.scope["method"],
+            self.scope["path"],
+            status,
+            extra={
+                "request_id": self.request_id,
+                "method": self.scope["method"],
+                "route": route,
+                "path": self.scope["path"],
+                "status": status,
+                "duration_ms": round(duration * 1000, 3),
+                "bytes": self.bytes_out,
+                "request_bytes": self.bytes_in,
+                "error_code": error_code,
+                "client": client[0] if client else None,
+                "incomplete": True if self.incomplete else None,
+            },
+        )
 
 
 def _with_prefix(route: Route, path: str) -> str:
