@@ -82,6 +82,8 @@ def serve(
             port=port,
             workers=workers,
             reload=reload,
+            # The code, wherever it is installed; not the current directory.
+            reload_dirs=[str(Path(__file__).resolve().parent)] if reload else None,
             log_level=level,
             log_config=log_config,
             # The request middleware writes the access line, with route and request id.
