@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,6 +62,47 @@ def s3_client(endpoint_url: str) -> S3Client:
             read_timeout=10,
         ),
     )
+
+
+class S3CallLog:
+    """The S3 operations a storage's client makes, from botocore's own events.
+
+    ``S3CallLog(server.app.state.resources.storage)`` watches a live server's.
+    """
+
+    def __init__(self, storage: Any) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.attempts: list[str] = []
+        self.active: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+        self._lock = threading.Lock()
+        events = storage.client.meta.events
+        events.register("provide-client-params.s3", self._params)
+        events.register("before-call.s3", self._before)
+        events.register("after-call.s3", self._after)
+        events.register("after-call-error.s3", self._after)
+        events.register("before-send.s3", self._send)
+
+    def _params(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        with self._lock:
+            self.calls.append((model.name, dict(params)))
+
+    def _before(self, model: Any, **_: Any) -> None:
+        with self._lock:
+            self.active[model.name] = self.active.get(model.name, 0) + 1
+            self.peak[model.name] = max(self.peak.get(model.name, 0), self.active[model.name])
+
+    def _after(self, model: Any, **_: Any) -> None:
+        with self._lock:
+            self.active[model.name] -= 1
+
+    def _send(self, event_name: str, **_: Any) -> None:
+        with self._lock:
+            self.attempts.append(event_name.rsplit(".", 1)[-1])
+
+    @property
+    def operations(self) -> list[str]:
+        return [name for name, _ in self.calls]
 
 
 class MotoS3:

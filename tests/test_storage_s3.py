@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,7 +17,7 @@ from filesvc.config import Settings
 from filesvc.errors import StorageUnavailable
 from filesvc.storage import ObjectNotFound, new_key, open_writer
 from filesvc.storage.s3 import MAX_PARTS, S3Storage, content_disposition
-from tests.s3server import MotoS3, S3Bucket
+from tests.s3server import MotoS3, S3Bucket, S3CallLog
 
 MiB = 1024 * 1024
 PART = 5 * MiB
@@ -43,51 +42,13 @@ async def storage(s3_bucket: S3Bucket) -> AsyncIterator[S3Storage]:
     await backend.aclose()
 
 
-class CallLog:
-    """The S3 operations a storage's client makes, from botocore's own events."""
-
-    def __init__(self, storage: S3Storage) -> None:
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.attempts: list[str] = []
-        self.active: dict[str, int] = {}
-        self.peak: dict[str, int] = {}
-        self._lock = threading.Lock()
-        events = storage.client.meta.events
-        events.register("provide-client-params.s3", self._params)
-        events.register("before-call.s3", self._before)
-        events.register("after-call.s3", self._after)
-        events.register("after-call-error.s3", self._after)
-        events.register("before-send.s3", self._send)
-
-    def _params(self, params: dict[str, Any], model: Any, **_: Any) -> None:
-        with self._lock:
-            self.calls.append((model.name, dict(params)))
-
-    def _before(self, model: Any, **_: Any) -> None:
-        with self._lock:
-            self.active[model.name] = self.active.get(model.name, 0) + 1
-            self.peak[model.name] = max(self.peak.get(model.name, 0), self.active[model.name])
-
-    def _after(self, model: Any, **_: Any) -> None:
-        with self._lock:
-            self.active[model.name] -= 1
-
-    def _send(self, event_name: str, **_: Any) -> None:
-        with self._lock:
-            self.attempts.append(event_name.rsplit(".", 1)[-1])
-
-    @property
-    def operations(self) -> list[str]:
-        return [name for name, _ in self.calls]
-
-
 def chunks(size: int, chunk: int = MiB) -> Iterator[bytes]:
     for start in range(0, size, chunk):
         yield bytes([start // chunk % 251]) * min(chunk, size - start)
 
 
 async def test_small_objects_are_one_put(storage: S3Storage) -> None:
-    log = CallLog(storage)
+    log = S3CallLog(storage)
     for size in (0, 10, PART):  # exactly one part is still a single PutObject
         async with open_writer(storage, new_key("small")) as writer:
             for data in chunks(size):
@@ -99,7 +60,7 @@ async def test_small_objects_are_one_put(storage: S3Storage) -> None:
 async def test_multipart_upload_is_created_lazily_and_completed(
     storage: S3Storage, s3_bucket: S3Bucket
 ) -> None:
-    log = CallLog(storage)
+    log = S3CallLog(storage)
     key = new_key("big")
     written = 0
     async with open_writer(storage, key) as writer:
@@ -127,7 +88,7 @@ async def test_checksums_follow_botocores_setting(
 ) -> None:
     monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
     storage = make_storage(s3_bucket)
-    log = CallLog(storage)
+    log = S3CallLog(storage)
     async with open_writer(storage, new_key("plain")) as writer:
         for data in chunks(PART + 1):
             await writer.write(data)
@@ -140,7 +101,7 @@ async def test_parts_go_out_while_writing_with_bounded_concurrency(
     s3_bucket: S3Bucket,
 ) -> None:
     storage = make_storage(s3_bucket, s3_max_concurrency=2)
-    log = CallLog(storage)
+    log = S3CallLog(storage)
 
     def slow_part(**_: Any) -> None:
         time.sleep(0.3)  # a slow link: parts pile up unless bounded
@@ -164,7 +125,7 @@ async def test_ranged_reads_ask_s3_for_the_range_only(storage: S3Storage) -> Non
     async with open_writer(storage, key) as writer:
         await writer.write(data)
         await writer.commit()
-    log = CallLog(storage)
+    log = S3CallLog(storage)
     got = [chunk async for chunk in await storage.open_reader(key, 1000, 600_000)]
     assert b"".join(got) == data[1000:601_000]
     assert log.calls[-1][1]["Range"] == "bytes=1000-600999"
@@ -315,7 +276,7 @@ def answer(status: int, code: str) -> Any:
 
 
 async def test_throttling_is_retried_then_storage_unavailable(storage: S3Storage) -> None:
-    log = CallLog(storage)
+    log = S3CallLog(storage)
     storage.client.meta.events.register("before-send.s3.PutObject", answer(503, "SlowDown"))
     with pytest.raises(StorageUnavailable, match="SlowDown") as raised:
         async with open_writer(storage, new_key("throttled")) as writer:
