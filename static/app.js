@@ -82,18 +82,19 @@ function forgetKey() {
 
 /** Show the key form once, however many requests are waiting for it. */
 function askForKey(message) {
-  if (!auth.pending) {
+  const asking = auth.pending !== null;
+  if (!asking) {
     auth.pending = new Promise((resolve) => {
       auth.resolve = resolve;
     });
     $("#key-panel").hidden = false;
     $("#key-input").focus();
   }
+  if (asking && !message) return; // keep the refusal already shown
   const error = $("#key-error");
   error.hidden = !message;
   error.textContent = message;
   if (message) announce(message);
-  return auth.pending;
 }
 
 function useKey(key) {
@@ -111,9 +112,12 @@ function useKey(key) {
 
 /** A 401 came back for a request sent with `usedKey`: wait for a (new) key. */
 async function keyRejected(usedKey, message) {
-  if (usedKey !== auth.key) return; // a newer key is already in place: just retry
-  forgetKey();
-  await askForKey(usedKey ? message : "");
+  if (usedKey === auth.key) {
+    forgetKey();
+    askForKey(usedKey ? message : "");
+  }
+  // Otherwise the key has changed since: retry with the new one, or wait for it.
+  if (auth.pending) await auth.pending;
 }
 
 async function readJson(response) {
