@@ -404,3 +404,28 @@ def test_screenshots_desktop_and_phone(tab: PageWatch, make_server: ServerFactor
     screenshot(page, "phone")
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     tab.assert_no_errors(413)
+
+
+def test_a_key_without_the_scope_shows_the_refusal_where_it_applies(
+    tab: PageWatch, make_server: ServerFactory
+) -> None:
+    server = make_server(api_keys={"reader": ["files:read"]})
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        headers = {"X-API-Key": "reader"}
+        exports = client.get("/api/v1/exports", headers=headers)
+        upload = client.post(
+            "/api/v1/files", files={"file": ("x.png", make_image())}, headers=headers
+        )
+        assert (exports.status_code, upload.status_code) == (403, 403)
+
+        page = open_page(tab, server)
+        page.get_by_label("API key", exact=True).fill("reader")
+        page.get_by_role("button", name="Use key").click()
+        message = page.locator("#exports-message")
+        message.get_by_text(exports.json()["error"]["message"]).wait_for()
+        page.set_input_files("#file-input", [payload("denied.png", make_image())])
+        wait_for_tiles(page, "error", 1)
+        assert tile_messages(page) == {"denied.png": upload.json()["error"]["message"]}
+        assert page.locator("#key-panel").is_hidden()  # the key is right, only not enough
+        assert listed(client, **headers) == []
+    tab.assert_no_errors(401, 403)
