@@ -26,7 +26,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
-import fastapi.routing
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.dependencies.models import Dependant
 from fastapi.security import (
@@ -38,6 +37,7 @@ from fastapi.security import (
 
 from filesvc.config import SCOPES, Settings
 from filesvc.errors import Forbidden, Unauthorized
+from filesvc.routemap import effective_routes
 from filesvc.schemas import ErrorBody
 
 logger = logging.getLogger("filesvc")
@@ -190,16 +190,6 @@ def _auth_dependants(dependant: Dependant) -> Iterator[Dependant]:
         yield from _auth_dependants(sub)
 
 
-def _effective_routes(app: FastAPI) -> Iterator[Any]:
-    """Every route as served, with the dependencies its include_router calls added.
-
-    FastAPI 0.16x keeps included routers nested and resolves them lazily; older
-    versions copy each route, with its inherited dependencies, into ``app.routes``.
-    """
-    contexts = getattr(fastapi.routing, "iter_route_contexts", None)
-    return iter(app.routes) if contexts is None else iter(contexts(app.routes))
-
-
 def declared_scopes(route: Any) -> list[str]:
     """The scopes a route declares through :func:`require`, in order."""
     dependant = getattr(route, "dependant", None)
@@ -221,7 +211,7 @@ def api_routes(app: FastAPI) -> list[ApiRoute]:
     """Each method and path under ``/api/`` with the scopes it declares."""
     return [
         ApiRoute(method, route.path, tuple(declared_scopes(route)))
-        for route in _effective_routes(app)
+        for route in effective_routes(app)
         if (getattr(route, "path", None) or "").startswith("/api/")
         for method in sorted(getattr(route, "methods", None) or ())
     ]
@@ -252,7 +242,7 @@ def check_routes(app: FastAPI) -> None:
     Call it last in the app factory: endpoints it has not seen answer 403.
     """
     scoped: set[Any] = set()
-    for route in _effective_routes(app):
+    for route in effective_routes(app):
         path = getattr(route, "path", None) or ""
         if not path.startswith("/api/"):
             continue

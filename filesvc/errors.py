@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from filesvc.logs import REQUEST_ID_HEADER, current_request_id, note_error_code
+from filesvc.routemap import allowed_methods
 
 logger = logging.getLogger("filesvc")
 
@@ -231,6 +232,11 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     else:
         error = kind()
     error.headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # The route that matched lists only its own methods; Allow names them all.
+        allowed = allowed_methods(request.app, request.scope["path"])
+        if allowed:
+            error.headers["Allow"] = ", ".join(allowed)
     return error_response(error)
 
 

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_serializer
+from pydantic import BaseModel, BeforeValidator, Field, field_serializer
 
 Visibility = Literal["public", "private"]
+
+
+def _iso_8601_text(value: Any) -> Any:
+    # Pydantic would also read 0.5 or 1700000000 as seconds since 1970.
+    if not isinstance(value, datetime) and not re.match(r"\d{4}-\d{2}-\d{2}", str(value)):
+        raise ValueError("expected an ISO 8601 date-time, e.g. 2026-01-01T00:00:00Z")
+    return value
+
+
+#: A query or form date-time: ISO 8601 text only.
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_8601_text)]
 
 
 class FileOut(BaseModel):

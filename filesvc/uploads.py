@@ -419,6 +419,9 @@ async def _parse_parts(
                 break
         if not state.finished:
             raise InvalidRequest("The multipart body ended before its final boundary.")
+        if "sha256" in form.fields:
+            # Checked against nothing, it would only look like an integrity check.
+            raise InvalidRequest("The sha256 field must come before the file part it describes.")
 
 
 class _FormState:
@@ -491,13 +494,14 @@ class _FormState:
             )
         if len(form.files) >= self._max_files:
             raise InvalidRequest(f"At most {self._max_files} file part(s) are accepted here.")
-        expected = form.fields.get("sha256")
+        # A sha256 field describes the file part that follows it, and only that one.
+        expected = form.fields.pop("sha256", None)
         part.receiver = await self._stack.enter_async_context(
             FileReceiver(
                 self._settings,
                 self._storage,
                 filename=part.filename,
-                expected_sha256=parse_sha256_hex(expected) if expected else None,
+                expected_sha256=None if expected is None else parse_sha256_hex(expected),
             )
         )
 

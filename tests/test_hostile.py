@@ -7,6 +7,7 @@ so these run on SQLite and local disk only.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import select
 import socket
@@ -618,3 +619,59 @@ def test_huge_export_filters(
         pytest.skip("the exports API is not part of the app yet")
     response = client.get("/api/v1/exports/files.csv", params=query)
     assert_error(response, 400, "invalid_request")
+
+
+# Found by the fuzzer (tests/test_fuzz.py)
+
+
+def test_sha256_after_the_file_is_refused(server: LiveServer, client: httpx.Client) -> None:
+    """Checked against nothing, a trailing sha256 would only look like an integrity check."""
+    image = make_image("image/png")
+    trailing = (b'Content-Disposition: form-data; name="sha256"', b"0" * 64)
+    with nothing_stored(server):
+        for path in ("/api/v1/files", "/api/v1/files/batch"):
+            response = post_form(
+                client, multipart([file_part(b"a.png", image), trailing]), path=path
+            )
+            assert_error(response, 400, "invalid_request")
+        empty = (b'Content-Disposition: form-data; name="sha256"', b"")
+        assert_error(post_form(client, multipart([empty, file_part()])), 400, "invalid_request")
+
+
+def test_each_sha256_field_describes_the_next_file(client: httpx.Client) -> None:
+    first, second = make_image("image/png"), make_image("image/gif")
+
+    def digest(data: bytes) -> tuple[bytes, bytes]:
+        headers = b'Content-Disposition: form-data; name="sha256"'
+        return headers, hashlib.sha256(data).hexdigest().encode()
+
+    parts = [digest(first), file_part(b"a.png", first), file_part(b"b.gif", second)]
+    response = post_form(client, multipart(parts), path="/api/v1/files/batch")
+    assert response.status_code == 201, response.text
+    parts = [digest(first), file_part(b"a.png", first), digest(first), file_part(b"b.gif", second)]
+    response = post_form(client, multipart(parts), path="/api/v1/files/batch")
+    error = assert_error(response, 422, "checksum_mismatch")
+    assert error["details"]["index"] == 1
+
+
+@pytest.mark.parametrize("value", ["0.5", "1700000000", "tomorrow"])
+def test_timestamps_are_iso_8601_text(client: httpx.Client, value: str) -> None:
+    response = client.get("/api/v1/files", params={"created_before": value})
+    assert_error(response, 400, "invalid_request")
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/api/v1/files", "GET, POST"),
+        ("/api/v1/files/batch", "POST"),
+        ("/api/v1/files/abc", "DELETE, GET"),
+        ("/healthz", "GET, HEAD"),
+    ],
+)
+def test_allow_names_every_method_of_the_resource(
+    client: httpx.Client, path: str, allowed: str
+) -> None:
+    response = client.request("PATCH", path)
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == allowed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -15,7 +14,7 @@ from filesvc.config import Settings
 from filesvc.deps import ResourcesDep, SessionDep, SettingsDep
 from filesvc.errors import InvalidRequest
 from filesvc.models import StoredFile
-from filesvc.schemas import ErrorBody, FileBatch, FileList, FileOut, Visibility
+from filesvc.schemas import ErrorBody, FileBatch, FileList, FileOut, IsoDatetime, Visibility
 from filesvc.uploads import ReceivedFile, discard, receive_multipart, receive_raw
 
 router = APIRouter(prefix="/files", tags=["files"])
@@ -54,7 +53,7 @@ _UPLOAD_ERRORS = _errors(400, 401, 403, 408, 413, 415, 422, 503, 507)
 def _upload_body(batch: bool) -> dict[str, Any]:
     file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
     properties: dict[str, Any] = {
-        "file": {"type": "array", "items": file_schema} if batch else file_schema,
+        "file": {"type": "array", "items": file_schema, "minItems": 1} if batch else file_schema,
         "visibility": {"type": "string", "enum": list(_VISIBILITIES), "default": "public"},
         "sha256": {
             "type": "string",
@@ -183,8 +182,8 @@ async def list_files(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     content_type: Annotated[str | None, Query(max_length=127)] = None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    created_after: IsoDatetime | None = None,
+    created_before: IsoDatetime | None = None,
 ) -> FileList:
     for moment in (created_after, created_before):
         if moment is not None and moment.tzinfo is None:
