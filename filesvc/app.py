@@ -79,13 +79,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     auth.install_keyring(app, settings)
     # Every /api route goes into this router: it needs a key and a declared scope.
+    # Static URLs are the hottest routes, and routes are tried in order.
+    app.include_router(static_urls.router)
     api = auth.api_router()
     api.include_router(files.router)
     api.include_router(signed_urls.router)
     app.include_router(api)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
-    app.include_router(static_urls.router)
 
     page = static_dir()
 

@@ -1,9 +1,9 @@
 """Static URLs: ``GET``/``HEAD /files/{id}`` and ``/files/{id}/{any-name}``.
 
 HTTP only: the semantics live in :mod:`filesvc.serving`. Each request costs
-one primary-key query and one storage read per range (none for HEAD, 304,
-412 or 416); nothing is cached in the process, so a deleted file is gone
-from every worker at once.
+one primary-key read (:mod:`filesvc.lookup`) and one storage read per range
+(none for HEAD, 304, 412 or 416); nothing is cached in the process, so a
+deleted file is gone from every worker at once. Static URLs need no API key.
 """
 
 from __future__ import annotations
@@ -11,15 +11,19 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.routing import APIRoute
+from starlette.datastructures import QueryParams
 from starlette.responses import RedirectResponse, Response
+from starlette.types import Receive, Scope, Send
 
-from filesvc import crud
-from filesvc.deps import Resources, get_resources
+from filesvc.deps import Resources
 from filesvc.errors import FileNotFound, SignatureRequired
+from filesvc.lookup import FileLookup, create_lookup
 from filesvc.schemas import ErrorBody
 from filesvc.serving import (
     PRIVATE_CACHE_CONTROL,
@@ -35,8 +39,6 @@ from filesvc.serving import (
 )
 from filesvc.signing import verify
 from filesvc.storage import ObjectNotFound, Storage
-
-router = APIRouter(tags=["static"])
 
 #: Lifetime of the presigned storage URL a public file redirects to.
 REDIRECT_URL_SECONDS = 3600
@@ -98,6 +100,43 @@ _ROUTE: dict[str, Any] = {
 }
 
 
+class StaticFileRoute(APIRoute):
+    """Routed and documented like any route, answered as plain ASGI by :func:`respond`.
+
+    FastAPI's per-request machinery (a Request, dependency solving and
+    validation, exit stacks) costs more than serving a small file does. Static
+    URLs take no body, no credentials and no dependencies, so :meth:`handle`
+    reads the two query parameters itself; the endpoint functions below do the
+    same through FastAPI, and declare the operation for OpenAPI.
+    """
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in (self.methods or ()):
+            await super().handle(scope, receive, send)  # 405 with Allow, as for any route
+            return
+        expires = signature = None
+        if scope["query_string"]:
+            query = QueryParams(scope["query_string"])
+            expires, signature = query.get("expires"), query.get("signature")
+        response = await respond(scope, scope["path_params"]["file_id"], expires, signature)
+        await response(scope, receive, send)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The file lookup of this app: opened after the app's resources, closed before them."""
+    resources: Resources = app.state.resources
+    lookup = create_lookup(resources.settings, resources.engine)
+    app.state.file_lookup = lookup
+    try:
+        yield
+    finally:
+        await lookup.aclose()
+
+
+router = APIRouter(tags=["static"], route_class=StaticFileRoute, lifespan=lifespan)
+
+
 async def _open(storage: Storage, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
     try:
         return await storage.open_reader(key, offset, length)
@@ -111,17 +150,21 @@ def _presign_seconds(expires: str | None) -> int:
     return max(1, min(int(expires) - int(time.time()), MAX_PRESIGNED_SECONDS))
 
 
-async def serve(
-    request: Request, file_id: str, expires: str | None, signature: str | None
+async def respond(
+    scope: Scope, file_id: str, expires: str | None, signature: str | None
 ) -> Response:
-    resources: Resources = get_resources(request)
+    """The answer to a GET or HEAD of a static URL; raises the domain errors."""
+    state = scope["app"].state
+    resources: Resources = state.resources
+    lookup: FileLookup = state.file_lookup
     signed = expires is not None or signature is not None
     if signed:  # checked before the database: a bad signature costs no query
         verify(resources.signing_key, file_id, expires, signature)
     if not _FILE_ID.fullmatch(file_id):
         raise FileNotFound()
-    async with resources.sessions() as session:
-        row = await crud.get_file(session, file_id)
+    row = await lookup.get(file_id)
+    if row is None:
+        raise FileNotFound()
     public = row.visibility == "public"
     if not public and not signed:
         raise SignatureRequired()
@@ -129,8 +172,8 @@ async def serve(
         size=row.size, content_type=row.content_type, sha256=row.sha256, created_at=row.created_at
     )
     cache_control = PUBLIC_CACHE_CONTROL if public else PRIVATE_CACHE_CONTROL
-    method = request.scope["method"]
-    selection = select(method, Conditions.from_raw(request.scope["headers"]), representation)
+    method = scope["method"]
+    selection = select(method, Conditions.from_raw(scope["headers"]), representation)
     if selection.status == 304:
         return StoredFileResponse(304, validator_headers(representation, cache_control))
 
@@ -171,17 +214,6 @@ async def serve(
     return StoredFileResponse(206, headers, body=chunks, content_length=multipart.content_length)
 
 
-@router.get("/files/{file_id}", summary="A stored file", **_ROUTE)
-@router.head("/files/{file_id}", summary="A stored file's headers", **_ROUTE)
-async def serve_file(
-    request: Request,
-    file_id: str,
-    expires: ExpiresQuery = None,
-    signature: SignatureQuery = None,
-) -> Response:
-    return await serve(request, file_id, expires, signature)
-
-
 @router.get("/files/{file_id}/{name:path}", summary="A stored file, by a readable URL", **_ROUTE)
 @router.head(
     "/files/{file_id}/{name:path}", summary="A stored file's headers, by a readable URL", **_ROUTE
@@ -194,4 +226,15 @@ async def serve_named_file(
     signature: SignatureQuery = None,
 ) -> Response:
     """``name`` is only for people and tools that save by URL; it is never looked up."""
-    return await serve(request, file_id, expires, signature)
+    return await respond(request.scope, file_id, expires, signature)
+
+
+@router.get("/files/{file_id}", summary="A stored file", **_ROUTE)
+@router.head("/files/{file_id}", summary="A stored file's headers", **_ROUTE)
+async def serve_file(
+    request: Request,
+    file_id: str,
+    expires: ExpiresQuery = None,
+    signature: SignatureQuery = None,
+) -> Response:
+    return await respond(request.scope, file_id, expires, signature)
