@@ -6,10 +6,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
 
 from filesvc import __version__, auth
 from filesvc.config import Settings
@@ -26,6 +28,15 @@ from filesvc.signing import load_signing_key
 from filesvc.storage import create_storage
 
 logger = logging.getLogger("filesvc")
+
+
+class _RevalidatedStaticFiles(StaticFiles):
+    """The page's assets, revalidated on every load so an upgrade is seen at once."""
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 def static_dir() -> Path:
@@ -94,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def index() -> FileResponse:
         return FileResponse(page / "index.html", headers={"Cache-Control": "no-cache"})
 
-    app.mount("/static", StaticFiles(directory=page, check_dir=False), name="static")
+    app.mount("/static", _RevalidatedStaticFiles(directory=page, check_dir=False), name="static")
     install_origins(app, settings)
     auth.check_routes(app)
     # Added last, so outermost: request id, access log and metrics cover every answer.

@@ -254,8 +254,12 @@ async def _body_chunks(request: Request, settings: Settings) -> AsyncIterator[by
             yield chunk
 
 
-def check_content_length(request: Request, limit: int) -> None:
-    """Early refusal from the header alone; the streamed count is what really decides."""
+def check_content_length(request: Request, limit: int, file_limit: int) -> None:
+    """Early refusal from the header alone; the streamed count is what really decides.
+
+    ``limit`` is the most the whole body may be; the message names ``file_limit``,
+    the limit a user knows about.
+    """
     header = request.headers.get("content-length")
     if header is None:
         return
@@ -264,7 +268,7 @@ def check_content_length(request: Request, limit: int) -> None:
     except ValueError as exc:
         raise InvalidRequest("Content-Length is not a number.") from exc
     if length > limit:
-        raise PayloadTooLarge(f"The request body is larger than the limit of {limit} bytes.")
+        raise PayloadTooLarge(f"The file is larger than the limit of {file_limit} bytes.")
 
 
 def parse_sha256_hex(value: str) -> str:
@@ -304,7 +308,7 @@ async def receive_raw(
     request: Request, settings: Settings, storage: Storage, *, filename: str | None
 ) -> ReceivedFile:
     """A non-multipart body is the file itself."""
-    check_content_length(request, settings.max_upload_bytes)
+    check_content_length(request, settings.max_upload_bytes, settings.max_upload_bytes)
     if filename is not None and "\ufffd" in filename:
         _check_query_utf8(request, "filename")
     expected = parse_repr_digest(request.headers.get("repr-digest"))
@@ -346,7 +350,11 @@ async def receive_multipart(
         raise InvalidRequest("Expected multipart/form-data with a boundary.")
     if len(boundary) > 200:
         raise InvalidRequest("The multipart boundary is longer than 200 characters.")
-    check_content_length(request, settings.max_upload_bytes * max_files + MULTIPART_OVERHEAD_BYTES)
+    # Framing and form fields may legitimately come on top of the files' bytes.
+    framing = MULTIPART_OVERHEAD_BYTES + settings.max_form_fields * settings.max_field_bytes
+    check_content_length(
+        request, settings.max_upload_bytes * max_files + framing, settings.max_upload_bytes
+    )
 
     form = UploadForm()
     events: list[tuple[str, Any]] = []

@@ -7,6 +7,7 @@ import subprocess
 import time
 
 import httpx
+import pytest
 
 from tests.images import make_image
 from tests.processes import FILESVC
@@ -14,16 +15,25 @@ from tests.servers import LiveServer
 
 
 def run_check(server: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """`filesvc check` configured like the server (the test's AWS credentials inherited)."""
     settings = server.settings
     env = {k: v for k, v in os.environ.items() if not k.startswith("FILESVC_")}
     env["FILESVC_DATA_DIR"] = str(settings.data_dir)
     env["FILESVC_DATABASE_URL"] = settings.database_url
+    env["FILESVC_STORAGE"] = settings.storage
+    if settings.storage == "s3":
+        env["FILESVC_S3_BUCKET"] = settings.s3_bucket
+        env["FILESVC_S3_PREFIX"] = settings.s3_prefix
+        env["FILESVC_S3_ENDPOINT_URL"] = settings.s3_endpoint_url or ""
+        env["FILESVC_S3_REGION"] = settings.s3_region or "us-east-1"
     return subprocess.run(
         [FILESVC, "check", *args], env=env, capture_output=True, text=True, timeout=60
     )
 
 
 def test_check_reports_and_fixes_damage(server: LiveServer, client: httpx.Client) -> None:
+    if server.settings.storage != "local":
+        pytest.skip("S3 objects cannot be back-dated; see the S3 variant below")
     ids = [
         client.post("/api/v1/files", files={"file": (f"{i}.png", make_image())}).json()["id"]
         for i in range(3)
@@ -66,3 +76,31 @@ def test_check_with_an_unreachable_database_exits_1(server: LiveServer) -> None:
     result = subprocess.run([FILESVC, "check"], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert "database unreachable" in result.stderr
+
+
+def test_check_on_s3(server: LiveServer, client: httpx.Client) -> None:
+    if server.settings.storage != "s3":
+        pytest.skip("the local variant back-dates files to test the grace period")
+    from tests.s3server import s3_client
+
+    ids = [
+        client.post("/api/v1/files", files={"file": (f"{i}.png", make_image())}).json()["id"]
+        for i in range(2)
+    ]
+    s3 = s3_client(server.settings.s3_endpoint_url or "")
+    prefix = server.settings.s3_prefix.strip("/") + "/" if server.settings.s3_prefix else ""
+    [(lost_key,)] = server.query("SELECT storage_key FROM files WHERE id = :id", id=ids[0])
+    s3.delete_object(Bucket=server.settings.s3_bucket, Key=prefix + lost_key)
+    s3.put_object(Bucket=server.settings.s3_bucket, Key=prefix + "zz/zz/orphan", Body=b"x")
+
+    young = run_check(server)
+    assert young.returncode == 1 and "1 younger left alone" in young.stdout, young.stdout
+    found = run_check(server, "--grace", "0")
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert f"row without bytes: {ids[0]}" in found.stdout
+    assert "bytes without row: zz/zz/orphan" in found.stdout
+    assert run_check(server, "--grace", "0", "--fix").returncode == 0
+    assert run_check(server, "--grace", "0").returncode == 0
+    assert server.stored_objects() == [
+        server.query("SELECT storage_key FROM files WHERE id = :id", id=ids[1])[0][0]
+    ]
