@@ -245,7 +245,14 @@ async def _on_database_error(request: Request, exc: Exception) -> Response:
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
         logger.warning("database unavailable: %s", exc, extra={"request_id": _request_id(request)})
         return error_response(DatabaseUnavailable())
+    if getattr(exc.orig, "sqlstate", None) in _UNTEXTUAL_SQLSTATES:
+        # PostgreSQL refuses a NUL byte in text: the client's value, not a fault.
+        return error_response(InvalidRequest("A value is not valid text (a NUL byte?)."))
     return await _on_unexpected(request, exc)
+
+
+#: character_not_in_repertoire, untranslatable_character.
+_UNTEXTUAL_SQLSTATES = {"22021", "22P05"}
 
 
 async def _on_os_error(request: Request, exc: Exception) -> Response:

@@ -675,3 +675,28 @@ def test_allow_names_every_method_of_the_resource(
     response = client.request("PATCH", path)
     assert_error(response, 405, "method_not_allowed")
     assert response.headers["allow"] == allowed
+
+
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def test_nul_bytes_in_text_values(
+    make_server: ServerFactory, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """PostgreSQL refuses NUL in text: such values are the client's error, never a 500."""
+    url = "" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    server = make_server(database_url=url)
+    with httpx.Client(base_url=server.url) as client:
+        for method, path in (
+            ("GET", "/api/v1/files?content_type=image%2Fpng%00"),
+            ("GET", "/api/v1/files?cursor=a%00b"),
+            ("GET", "/api/v1/files/a%00b"),
+            ("DELETE", "/api/v1/files/a%00b"),
+            ("POST", "/api/v1/files/a%00b/signed-url"),
+            ("GET", "/files/a%00b"),
+            ("GET", "/api/v1/exports/files.csv?content_type=a%00b"),
+            ("GET", "/api/v1/exports/files.csv?filename__in=a,%00"),
+        ):
+            response = client.request(method, path)
+            assert response.status_code in (400, 404), (path, response.text)
+            assert response.json()["error"]["code"] != "internal_error"

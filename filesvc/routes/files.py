@@ -181,7 +181,9 @@ async def list_files(
     settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
-    content_type: Annotated[str | None, Query(max_length=127)] = None,
+    content_type: Annotated[
+        str | None, Query(max_length=127, pattern=r"^[\w.+-]+/[\w.+-]+$")
+    ] = None,
     created_after: IsoDatetime | None = None,
     created_before: IsoDatetime | None = None,
 ) -> FileList:
