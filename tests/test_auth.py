@@ -172,15 +172,25 @@ def test_public_routes_need_no_key(keyed: LiveServer) -> None:
         for path in ("/", "/static/index.html", "/healthz", "/readyz", "/docs", "/openapi.json"):
             response = client.get(path)
             assert response.status_code == 200, (path, response.text)
-        paths = {getattr(route, "path", "") for route in keyed.app.routes}
-        if "/metrics" in paths:
-            assert client.get("/metrics").status_code == 200
+        assert client.get("/metrics").status_code == 200
         uploaded = _upload(client, {"X-API-Key": KEY_OF["files:write"]}).json()
-        static = client.get(uploaded["url"])
-        assert static.status_code not in (401, 403), static.text
-        if any(p.startswith("/files/") for p in paths):
-            assert static.status_code == 200
+        for url in (uploaded["url"], f"/files/{uploaded['id']}"):
+            static = client.get(url)
+            assert static.status_code == 200, static.text
             assert static.content == make_image("image/png")
+        private = client.post(
+            "/api/v1/files?filename=p.png&visibility=private",
+            content=make_image("image/png"),
+            headers={"X-API-Key": KEY_OF["files:write"]},
+        ).json()
+        # A private file needs its signature, never a key.
+        refused = client.get(private["url"], headers={"X-API-Key": ADMIN_KEY})
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "signature_required"
+        signed = client.post(
+            f"/api/v1/files/{private['id']}/signed-url", headers={"X-API-Key": KEY_OF["files:read"]}
+        ).json()
+        assert client.get(signed["url"]).status_code == 200
 
 
 def test_open_without_keys(server: LiveServer, client: httpx.Client) -> None:
