@@ -193,7 +193,8 @@ class LocalStorage(Storage):
                     remaining -= len(chunk)
                 yield chunk
         finally:
-            await file.close()
+            with anyio.CancelScope(shield=True):  # a cancelled read still closes its file
+                await file.close()
 
     async def stat(self, key: str) -> StoredObject:
         try:
