@@ -115,7 +115,10 @@ class FileReceiver:
         self.size = 0
         self.content_type: str | None = None
         self._hash = hashlib.sha256()
-        self._buffer = bytearray()
+        # Received pieces not yet handed over, joined once per chunk: a bytearray
+        # grown with += and then copied out would copy every byte twice.
+        self._pieces: list[bytes | memoryview] = []
+        self._buffered = 0
         self._inflight: asyncio.Task[None] | None = None
         self._probe: ImageProbe | None = None
         self._stack = AsyncExitStack()
@@ -136,27 +139,28 @@ class FileReceiver:
                 self._probe.abandon()
             await self._stack.aclose()
 
-    async def feed(self, data: bytes) -> None:
+    async def feed(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         if self.size > self._settings.max_upload_bytes:
             raise PayloadTooLarge(
                 f"The file is larger than the limit of {self._settings.max_upload_bytes} bytes."
             )
-        self._buffer += data
+        self._pieces.append(data)
+        self._buffered += len(data)
         if self.content_type is None:
-            if len(self._buffer) < SNIFF_BYTES:
+            if self._buffered < SNIFF_BYTES:
                 return
             await self._start()
-        if len(self._buffer) >= self.flush_bytes:
+        if self._buffered >= self.flush_bytes:
             await self._flush()
         elif self._probe is not None and self._probe.error is not None:
             raise self._probe.error
 
     async def _start(self) -> None:
-        content_type = detect(bytes(self._buffer[:SNIFF_BYTES]))
+        content_type = detect(b"".join(self._pieces)[:SNIFF_BYTES])
         if content_type is None or content_type not in self._settings.allowed_types:
             allowed = ", ".join(self._settings.allowed_types)
-            what = "empty" if not self._buffer else f"of type {content_type or 'unknown'}"
+            what = "empty" if not self._buffered else f"of type {content_type or 'unknown'}"
             raise UnsupportedMediaType(f"The file is {what}; allowed types: {allowed}.")
         self.content_type = content_type
         if content_type in RASTER_IMAGE_TYPES:
@@ -169,10 +173,11 @@ class FileReceiver:
             self._inflight = None
         if self._probe is not None and self._probe.error is not None:
             raise self._probe.error
-        if not self._buffer:
+        if not self._buffered:
             return
-        chunk = bytes(self._buffer)
-        self._buffer.clear()
+        chunk = b"".join(self._pieces)
+        self._pieces.clear()
+        self._buffered = 0
         # Hashing, decoding and disk writes overlap with receiving the next chunk.
         self._inflight = asyncio.create_task(self._store(chunk))
 
@@ -376,7 +381,8 @@ async def receive_multipart(
         boundary,
         {
             "on_part_begin": lambda: events.append(("begin", None)),
-            "on_part_data": lambda d, s, e: events.append(("data", d[s:e])),
+            # A view, not a slice: the bytes are copied once, when the receiver joins them.
+            "on_part_data": lambda d, s, e: events.append(("data", memoryview(d)[s:e])),
             "on_part_end": lambda: events.append(("end", None)),
             "on_header_field": on_header_field,
             "on_header_value": on_header_value,
