@@ -429,12 +429,16 @@ class Multipart:
 RangeOpener = Callable[[int, int], Awaitable[AsyncIterator[bytes]]]
 
 
-async def close_reader(reader: AsyncIterator[bytes]) -> None:
-    """Release a storage reader (its file or HTTP stream), even inside a cancelled scope."""
+async def _aclose(reader: AsyncIterator[bytes]) -> None:
     aclose: Callable[[], Awaitable[Any]] | None = getattr(reader, "aclose", None)
     if aclose is not None:
-        with anyio.CancelScope(shield=True):
-            await aclose()
+        await aclose()
+
+
+async def close_reader(reader: AsyncIterator[bytes]) -> None:
+    """Release a storage reader (its file or HTTP stream), even inside a cancelled scope."""
+    with anyio.CancelScope(shield=True):
+        await _aclose(reader)
 
 
 async def multipart_chunks(
@@ -526,9 +530,12 @@ class StoredFileResponse(Response):
                     group.start_soon(watch)
                     await self._stream(body, send)
                     group.cancel_scope.cancel()
-        finally:
+        except BaseException:
             if body is not None:
-                await close_reader(body)
+                await close_reader(body)  # shielded: this may be a cancellation
+            raise
+        if body is not None:
+            await _aclose(body)
         if self.background is not None:
             await self.background()
 

@@ -149,9 +149,33 @@ class LocalStorage(Storage):
         assert data is not None
         return data
 
+    def _open_checked(self, key: str) -> int:
+        """A descriptor of the key's file, opened for reading, that leads under the root.
+
+        What :meth:`path` checks, checked on the open descriptor instead: where
+        ``/proc/self/fd`` says it leads. One system call rather than one per
+        path component, and no window between the check and the open.
+        """
+        if not _KEY.match(key):
+            raise ObjectNotFound(key)
+        # O_NONBLOCK: opening a FIFO planted under the root must not wait for a writer.
+        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
+        fd = os.open(f"{self.root}/{key}", flags)
+        try:
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:  # no /proc
+                real = str(self.path(key))
+            if not real.startswith(f"{self.root}/"):
+                raise ObjectNotFound(key)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def _read(self, key: str, offset: int, length: int, nowait: bool = False) -> bytes | None:
         """Up to ``length`` bytes from ``offset``; None if ``nowait`` and the disk would be read."""
-        fd = os.open(self.path(key), os.O_RDONLY | os.O_CLOEXEC)
+        fd = self._open_checked(key)
         try:
             if nowait:
                 buffer = bytearray(length)
