@@ -21,7 +21,7 @@ from filesvc.errors import install_error_handlers
 from filesvc.metrics import Metrics, release_process
 from filesvc.middleware import RequestMiddleware
 from filesvc.origins import install_origins
-from filesvc.routes import files, health, signed_urls
+from filesvc.routes import exports, files, health, signed_urls
 from filesvc.routes import metrics as metrics_routes
 from filesvc.routes import static as static_urls
 from filesvc.signing import load_signing_key
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api = auth.api_router()
     api.include_router(files.router)
     api.include_router(signed_urls.router)
+    api.include_router(exports.router)
     app.include_router(api)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)

@@ -295,3 +295,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OSError, _on_os_error)
     app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
     app.add_exception_handler(Exception, _on_unexpected)
+
+
+class DatasetNotFound(NotFound):
+    code = "dataset_not_found"
+    message = "No export dataset has this name."

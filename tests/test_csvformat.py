@@ -35,7 +35,9 @@ def test_a_single_null_column_is_an_empty_line_as_copy_writes_it() -> None:
 
 
 def test_unicode_passes_through() -> None:
-    assert plain.rows([["żółć", "日本語", "emoji 🎉", "ａ，ｂ"]]) == "żółć,日本語,emoji 🎉,ａ，ｂ\r\n"
+    assert (
+        plain.rows([["żółć", "日本語", "emoji 🎉", "ａ，ｂ"]]) == "żółć,日本語,emoji 🎉,ａ，ｂ\r\n"
+    )
 
 
 @pytest.mark.parametrize(

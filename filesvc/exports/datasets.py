@@ -1,0 +1,282 @@
+"""The datasets on offer: ``files`` always, plus the tables named in settings.
+
+A configured table or view is reflected from the database (its columns and
+their types) the first time an export needs it, not at start-up, so that the
+service starts while the database is down. What reflection finds is kept in
+the :class:`Catalog` for the life of the process: it comes from the schema,
+which every process sees alike. A failed reflection is not kept (the next
+request tries again); a configured name that does not exist is logged and
+left out, and looked for again after :attr:`Catalog.missing_retry_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time as clock
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from typing import Any
+
+from sqlalchemy import Column, MetaData, Table, inspect, type_coerce
+from sqlalchemy import types as sqltypes
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import NoSuchTableError, SAWarning
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from filesvc.models import StoredFile
+
+logger = logging.getLogger("filesvc.exports")
+
+#: The built-in dataset, and the columns of its table that are internal.
+FILES = "files"
+FILES_HIDDEN_COLUMNS = frozenset({"storage_key"})
+
+#: Kinds of column whose values a filter can parse, compare and order by.
+COMPARABLE_KINDS = frozenset(
+    {"integer", "float", "decimal", "boolean", "date", "datetime", "time", "text", "uuid"}
+)
+
+
+def column_kind(sql_type: sqltypes.TypeEngine[Any]) -> str:
+    """What a column holds, in the words the dataset listing uses."""
+    if isinstance(sql_type, sqltypes.Interval):
+        return "interval"
+    if isinstance(sql_type, sqltypes.TypeDecorator):
+        sql_type = sql_type.impl_instance
+    for kind, types in _KINDS:
+        if isinstance(sql_type, types):
+            return kind
+    if isinstance(sql_type, sqltypes.NullType):
+        return "unknown"
+    return type(sql_type).__name__.lower()
+
+
+_KINDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("boolean", sqltypes.Boolean),
+    ("integer", sqltypes.Integer),
+    ("float", sqltypes.Float),
+    ("decimal", sqltypes.Numeric),
+    ("datetime", sqltypes.DateTime),
+    ("date", sqltypes.Date),
+    ("time", sqltypes.Time),
+    ("uuid", sqltypes.Uuid),
+    ("text", sqltypes.String),
+    ("binary", sqltypes._Binary),
+    ("json", sqltypes.JSON),
+    ("array", sqltypes.ARRAY),
+)
+
+
+def _integer_bits(sql_type: sqltypes.TypeEngine[Any], dialect: Dialect) -> int:
+    if dialect.name == "sqlite" or isinstance(sql_type, sqltypes.BigInteger):
+        return 64
+    return 16 if isinstance(sql_type, sqltypes.SmallInteger) else 32
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetColumn:
+    """One exported column: its name, kind, and the expressions that read it."""
+
+    name: str
+    kind: str
+    column: Column[Any]
+    #: What the SELECT list reads (``column``, or ``column`` read leniently).
+    output: ColumnElement[Any]
+    #: Whether its datetimes carry a zone (a filter value must then name one).
+    aware: bool = False
+    #: Integer width, for range checks of filter values.
+    bits: int = 64
+
+    @property
+    def comparable(self) -> bool:
+        return self.kind in COMPARABLE_KINDS
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    name: str
+    description: str
+    columns: tuple[DatasetColumn, ...]
+    #: Columns that identify a row (the primary key), for stable order; empty for a view.
+    key: tuple[DatasetColumn, ...]
+    #: The order of an export that asks for none.
+    default_order: tuple[DatasetColumn, ...]
+
+    def column(self, name: str) -> DatasetColumn | None:
+        for column in self.columns:
+            if column.name == name:
+                return column
+        return None
+
+
+def _dataset_column(column: Column[Any], dialect: Dialect, *, lenient: bool) -> DatasetColumn:
+    kind = column_kind(column.type)
+    output: ColumnElement[Any] = column
+    if lenient:
+        output = type_coerce(column, _LENIENT.get(kind, sqltypes.NullType())).label(column.name)
+    return DatasetColumn(
+        name=column.name,
+        kind=kind,
+        column=column,
+        output=output,
+        aware=bool(getattr(column.type, "timezone", False)),
+        bits=_integer_bits(column.type, dialect) if kind == "integer" else 64,
+    )
+
+
+def files_dataset(dialect: Dialect) -> Dataset:
+    table = StoredFile.__table__
+    assert isinstance(table, Table)
+    columns = tuple(
+        _dataset_column(c, dialect, lenient=False)
+        for c in table.columns
+        if c.name not in FILES_HIDDEN_COLUMNS
+    )
+    by_name = {c.name: c for c in columns}
+    return Dataset(
+        name=FILES,
+        description="The upload records: one row per stored file.",
+        columns=columns,
+        key=(by_name["id"],),
+        default_order=(by_name["created_at"], by_name["id"]),
+    )
+
+
+def table_dataset(name: str, table: Table, dialect: Dialect, *, is_view: bool) -> Dataset:
+    # SQLite keeps whatever a writer stored, whatever the declared type: its
+    # values are read as stored, dates and booleans parsed only where they parse.
+    lenient = dialect.name == "sqlite"
+    columns = tuple(_dataset_column(c, dialect, lenient=lenient) for c in table.columns)
+    by_name = {c.name: c for c in columns}
+    key = tuple(by_name[c.name] for c in table.primary_key.columns)
+    what = "View" if is_view else "Table"
+    return Dataset(
+        name=name,
+        description=table.comment or f"{what} {name}.",
+        columns=columns,
+        key=key,
+        default_order=key,
+    )
+
+
+class _Lenient(sqltypes.TypeDecorator[Any]):
+    """Parses what parses; anything else comes through as stored, never an error."""
+
+    impl = sqltypes.NullType
+    cache_ok = True
+    parse: Any = None
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if type(value) is str:
+            try:
+                return self.parse(value)
+            except ValueError:
+                return value
+        return value
+
+
+class _LenientDateTime(_Lenient):
+    cache_ok = True
+    parse = staticmethod(datetime.fromisoformat)
+
+
+class _LenientDate(_Lenient):
+    cache_ok = True
+    parse = staticmethod(date.fromisoformat)
+
+
+class _LenientTime(_Lenient):
+    cache_ok = True
+    parse = staticmethod(time.fromisoformat)
+
+
+class _LenientBoolean(sqltypes.TypeDecorator[Any]):
+    impl = sqltypes.NullType
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return bool(value) if value == 0 or value == 1 else value
+
+
+_LENIENT: dict[str, sqltypes.TypeEngine[Any]] = {
+    "datetime": _LenientDateTime(),
+    "date": _LenientDate(),
+    "time": _LenientTime(),
+    "boolean": _LenientBoolean(),
+}
+
+
+class Catalog:
+    """The datasets of one process, reflected on first use and kept."""
+
+    #: Seconds before configured tables that were missing are looked for again.
+    missing_retry_seconds = 60.0
+
+    def __init__(self, tables: Sequence[str]) -> None:
+        names: list[str] = []
+        for name in tables:
+            if name == FILES:
+                logger.warning("export table %r ignored: %r is always offered", name, FILES)
+            elif name not in names:
+                names.append(name)
+        self.table_names = tuple(names)
+        self._datasets: dict[str, Dataset] | None = None
+        self._stale_at = 0.0
+        self._lock = asyncio.Lock()
+
+    async def datasets(self, engine: AsyncEngine) -> Mapping[str, Dataset]:
+        """Every dataset by name, ``files`` first; reflects the configured tables if needed."""
+        if self._datasets is not None and clock.monotonic() < self._stale_at:
+            return self._datasets
+        async with self._lock:
+            if self._datasets is None or clock.monotonic() >= self._stale_at:
+                self._datasets = await self._load(engine)
+        return self._datasets
+
+    async def get(self, engine: AsyncEngine, name: str) -> Dataset | None:
+        return (await self.datasets(engine)).get(name)
+
+    async def _load(self, engine: AsyncEngine) -> dict[str, Dataset]:
+        datasets = {FILES: files_dataset(engine.dialect)}
+        if not self.table_names:
+            self._stale_at = float("inf")
+            return datasets
+        async with engine.connect() as connection:
+            found = await connection.run_sync(self._reflect)
+        missing = [name for name in self.table_names if name not in found]
+        for name in missing:
+            logger.warning(
+                "export table %r does not exist: left out, looked for again in %d s",
+                name,
+                self.missing_retry_seconds,
+            )
+        self._stale_at = clock.monotonic() + self.missing_retry_seconds if missing else float("inf")
+        datasets.update(found)
+        return datasets
+
+    def _reflect(self, connection: Connection) -> dict[str, Dataset]:
+        metadata = MetaData()
+        inspector = inspect(connection)
+        found: dict[str, Dataset] = {}
+        for name in self.table_names:
+            schema, _, table_name = name.rpartition(".")
+            # Types the dialect does not know are read as stored; say so once, in the log.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", SAWarning)
+                try:
+                    table = Table(
+                        table_name, metadata, schema=schema or None, autoload_with=connection
+                    )
+                except NoSuchTableError:
+                    continue
+            for warning in caught:
+                logger.warning("export table %r: %s", name, warning.message)
+            views = inspector.get_view_names(schema=schema or None)
+            found[name] = table_dataset(
+                name, table, connection.dialect, is_view=table_name in views
+            )
+        return found

@@ -1,0 +1,234 @@
+"""CSV exports over HTTP: the dataset listing and the streamed download."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from filesvc.auth import require
+from filesvc.deps import ResourcesDep
+from filesvc.exports import Exporter, ExportStream, parse_query_string
+from filesvc.exports.query import MAX_FILTERS, OPERATORS
+from filesvc.schemas import ErrorBody
+
+logger = logging.getLogger("filesvc.exports")
+
+router = APIRouter(prefix="/exports", tags=["exports"], dependencies=[require("exports:read")])
+
+
+class ColumnOut(BaseModel):
+    name: str
+    type: str = Field(
+        description="integer, float, decimal, boolean, date, datetime, time, text, uuid, "
+        "binary, json, … (filters and order_by take the first nine)."
+    )
+
+
+class DatasetOut(BaseModel):
+    name: str = Field(description="Download it from `/api/v1/exports/{name}.csv`.")
+    description: str
+    columns: list[ColumnOut]
+
+
+class DatasetList(BaseModel):
+    datasets: list[DatasetOut]
+
+
+def get_exporter(request: Request) -> Exporter:
+    """The process's exporter, made on first use (its catalog reflects lazily)."""
+    exporter: Exporter | None = getattr(request.app.state, "exporter", None)
+    if exporter is None:
+        exporter = request.app.state.exporter = Exporter(request.app.state.settings)
+    return exporter
+
+
+ExporterDep = Annotated[Exporter, Depends(get_exporter)]
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header accepts gzip (RFC 9110 §12.5.3)."""
+    for item in accept_encoding.split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        if coding.lower() not in {"gzip", "x-gzip"}:
+            continue
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False
+
+
+def attachment_name(dataset: str, moment: datetime) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", dataset)
+    return f"{safe}-{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}.csv"
+
+
+class CSVStreamResponse(StreamingResponse):
+    """Streams an export; stops it when the client leaves; aborts the connection on failure.
+
+    A failure after the response has started propagates out of the app, so the
+    server closes the connection without the final empty chunk: the client
+    sees an incomplete body, never a short file that looks whole.
+    """
+
+    def __init__(self, export: ExportStream, *, gzip: bool) -> None:
+        name = attachment_name(export.dataset.name, datetime.now(UTC))
+        headers = {
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Vary": "Accept-Encoding",
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if gzip:
+            headers["Content-Encoding"] = "gzip"
+        self.export = export
+        self.chunks = export.chunks(gzip=gzip)
+        super().__init__(self.chunks, headers=headers, media_type="text/csv")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            with anyio.CancelScope() as streaming:
+                watcher = asyncio.create_task(_cancel_on_disconnect(receive, streaming))
+                try:
+                    await self._send_all(send)
+                finally:
+                    watcher.cancel()
+            if streaming.cancelled_caught:
+                logger.info(
+                    "export of %s stopped after %d rows: the client went away",
+                    self.export.dataset.name,
+                    self.export.rows,
+                )
+        finally:
+            await self.export.aclose()
+
+    async def _send_all(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        try:
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            await self.chunks.aclose()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+_CSV_PARAMETERS: list[dict[str, Any]] = [
+    {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+    for name, description, schema in (
+        (
+            "columns",
+            "Columns to export, in this order, e.g. `id,filename,size` (default: all).",
+            {"type": "string"},
+        ),
+        (
+            "order_by",
+            "Column to sort by, `-` in front for descending; several comma-separated. "
+            "Ties are broken by the primary key (by every column when there is none). "
+            "Default: the primary key; a view without one comes in database order.",
+            {"type": "string"},
+        ),
+        ("limit", "Most rows to export.", {"type": "integer", "minimum": 0}),
+        ("bom", "Start with a UTF-8 byte order mark (for Excel).", {"type": "boolean"}),
+        (
+            "delimiter",
+            "Field delimiter.",
+            {"type": "string", "enum": ["comma", "semicolon", "tab"], "default": "comma"},
+        ),
+        ("header", "Write the header row.", {"type": "boolean", "default": True}),
+        (
+            "formula_escape",
+            "Prefix `'` to text cells that begin with = + - @ tab or CR (OWASP).",
+            {"type": "boolean", "default": True},
+        ),
+    )
+]
+
+_CSV_DESCRIPTION = f"""The dataset as CSV (RFC 4180, CRLF, UTF-8, header row), streamed from a
+database cursor. NULL is an empty field, the empty string `""`.
+
+Filters, at most {MAX_FILTERS}, AND-ed: `col=v` (or `col__eq=v`), `col__ne=`, `col__gt=`,
+`col__gte=`, `col__lt=`, `col__lte=`, `col__in=a,b,c`, `col__isnull=true|false`
+(operators: {", ".join(OPERATORS)}). Values are parsed by the column's type: integers,
+numbers, `true`/`false`, ISO 8601 dates and times (with a zone for zoned columns).
+
+Every name and value is checked before the first byte: an unknown dataset is 404, an
+unknown column, option or bad value 400. A failure after the first byte ends the
+connection without the final chunk. `Accept-Encoding: gzip` gets a gzip-coded stream."""
+
+
+@router.get(
+    "",
+    response_model=DatasetList,
+    summary="List the export datasets",
+    responses=_errors(503),
+)
+async def list_datasets(resources: ResourcesDep, exporter: ExporterDep) -> DatasetList:
+    datasets = await exporter.catalog.datasets(resources.engine)
+    return DatasetList(
+        datasets=[
+            DatasetOut(
+                name=d.name,
+                description=d.description,
+                columns=[ColumnOut(name=c.name, type=c.kind) for c in d.columns],
+            )
+            for d in datasets.values()
+        ]
+    )
+
+
+@router.get(
+    "/{name}.csv",
+    summary="Export a dataset as CSV",
+    description=_CSV_DESCRIPTION,
+    response_class=CSVStreamResponse,
+    status_code=200,
+    responses={
+        200: {
+            "description": "The CSV, streamed (chunked).",
+            "content": {"text/csv": {"schema": {"type": "string"}}},
+        },
+        **_errors(400, 404, 503),
+    },
+    openapi_extra={"parameters": _CSV_PARAMETERS},
+)
+async def export_csv(
+    name: str, request: Request, resources: ResourcesDep, exporter: ExporterDep
+) -> CSVStreamResponse:
+    params = parse_query_string(request.scope.get("query_string", b"").decode("latin-1"))
+    export = await exporter.open(resources.engine, name, params)
+    try:
+        return CSVStreamResponse(
+            export, gzip=accepts_gzip(request.headers.get("accept-encoding", ""))
+        )
+    except BaseException:
+        await export.aclose()
+        raise

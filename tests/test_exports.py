@@ -1,0 +1,635 @@
+"""CSV exports over HTTP, against a live server on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import gzip
+import io
+import random
+import re
+import time
+from collections.abc import Callable, Iterator
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from filesvc.exports import Catalog, Exporter
+from tests.conftest import ServerFactory, SettingsFactory
+from tests.images import make_image
+from tests.servers import LiveServer
+from tests.tables import (
+    MIXED_COLUMNS,
+    MIXED_CSV,
+    MIXED_HEADER,
+    MIXED_KINDS,
+    MIXED_LINES,
+    create_big,
+    create_mixed,
+    execute,
+    query,
+)
+
+EXPORT_TABLES = ["mixed", "mixed_view", "absent"]
+
+
+@pytest.fixture
+def storage_backend() -> str:
+    """Exports read the database only: the storage backend makes no difference here."""
+    return "local"
+
+
+@pytest.fixture
+def mixed_server(make_settings: SettingsFactory, make_server: ServerFactory) -> LiveServer:
+    create_mixed(make_settings())
+    return make_server(export_tables=EXPORT_TABLES)
+
+
+@pytest.fixture
+def client(mixed_server: LiveServer) -> Iterator[httpx.Client]:
+    # identity: the plain stream unless a test asks for gzip (httpx asks for it by default)
+    with httpx.Client(
+        base_url=mixed_server.url, timeout=60, headers={"Accept-Encoding": "identity"}
+    ) as http:
+        yield http
+
+
+def export(client: httpx.Client, name: str = "mixed", **params: Any) -> str:
+    response = client.get(f"/api/v1/exports/{name}.csv", params=params)
+    assert response.status_code == 200, response.text
+    return response.content.decode("utf-8")
+
+
+def ids(client: httpx.Client, **params: Any) -> list[int]:
+    text = export(client, columns="id", **params)
+    assert text.startswith("id\r\n")
+    return [int(line) for line in text.split("\r\n")[1:-1]]
+
+
+def refused(
+    client: httpx.Client, status: int, path: str = "/api/v1/exports/mixed.csv", **params: Any
+) -> dict[str, Any]:
+    response = client.get(path, params=params)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body: dict[str, Any] = response.json()["error"]
+    return body
+
+
+def is_sqlite(server: LiveServer) -> bool:
+    return server.settings.is_sqlite
+
+
+# ---- listing ----
+
+
+def test_the_listing_names_files_and_the_configured_tables_with_their_columns(
+    client: httpx.Client,
+) -> None:
+    response = client.get("/api/v1/exports")
+    assert response.status_code == 200
+    datasets = {d["name"]: d for d in response.json()["datasets"]}
+    assert list(datasets) == ["files", "mixed", "mixed_view"]  # "absent" is left out
+    files = [(c["name"], c["type"]) for c in datasets["files"]["columns"]]
+    assert files == [
+        ("id", "text"),
+        ("filename", "text"),
+        ("content_type", "text"),
+        ("size", "integer"),
+        ("sha256", "text"),
+        ("width", "integer"),
+        ("height", "integer"),
+        ("visibility", "text"),
+        ("created_at", "datetime"),
+    ]
+    mixed = [(c["name"], c["type"]) for c in datasets["mixed"]["columns"]]
+    assert mixed == list(zip(MIXED_COLUMNS, MIXED_KINDS, strict=True))
+    assert datasets["mixed"]["description"] == "Table mixed."
+    assert datasets["mixed_view"]["description"] == "View mixed_view."
+    assert [c["name"] for c in datasets["mixed_view"]["columns"]] == ["label", "qty"]
+
+
+# ---- format ----
+
+
+def test_the_whole_table_exactly(client: httpx.Client) -> None:
+    assert export(client) == MIXED_CSV
+
+
+def test_headers(client: httpx.Client) -> None:
+    response = client.get("/api/v1/exports/mixed.csv")
+    assert response.headers["content-type"] == "text/csv; charset=utf-8"
+    assert re.fullmatch(
+        r'attachment; filename="mixed-\d{8}T\d{6}Z\.csv"', response.headers["content-disposition"]
+    )
+    assert response.headers["vary"] == "Accept-Encoding"
+    assert response.headers["transfer-encoding"] == "chunked"
+    assert "content-encoding" not in response.headers
+    assert "content-length" not in response.headers
+
+
+def test_gzip_when_the_client_accepts_it(client: httpx.Client) -> None:
+    with client.stream(
+        "GET", "/api/v1/exports/mixed.csv", headers={"Accept-Encoding": "br;q=1, gzip;q=0.5"}
+    ) as response:
+        raw = b"".join(response.iter_raw())
+    assert response.headers["content-encoding"] == "gzip"
+    assert response.headers["vary"] == "Accept-Encoding"
+    assert raw[:2] == b"\x1f\x8b"
+    assert gzip.decompress(raw).decode() == MIXED_CSV
+    refusing = client.get("/api/v1/exports/mixed.csv", headers={"Accept-Encoding": "gzip;q=0"})
+    assert "content-encoding" not in refusing.headers
+
+
+def test_the_files_dataset_leaves_out_internal_columns(
+    client: httpx.Client, mixed_server: LiveServer
+) -> None:
+    uploaded = client.post(
+        "/api/v1/files", files={"file": ("=1+1.png", make_image(), "image/png")}
+    ).json()
+    assert uploaded["filename"] == "=1+1.png"
+    text = export(client, "files")
+    header, line, end = text.split("\r\n")
+    assert header == "id,filename,content_type,size,sha256,width,height,visibility,created_at"
+    assert "storage_key" not in text and end == ""
+    assert line == ",".join(
+        [
+            uploaded["id"],
+            "'" + uploaded["filename"],  # a file name is text: formula-escaped
+            "image/png",
+            str(uploaded["size"]),
+            uploaded["sha256"],
+            "64",
+            "48",
+            "public",
+            uploaded["created_at"],  # ISO 8601 with Z, as the JSON API writes it
+        ]
+    )
+
+
+# ---- options ----
+
+
+def test_columns_keep_their_order(client: httpx.Client) -> None:
+    assert export(client, columns="note,id", limit=2) == (
+        'note,id\r\n"line1\nline2",1\r\n"say ""hi"", ok",2\r\n'
+    )
+
+
+def test_limit(client: httpx.Client) -> None:
+    assert export(client, limit=2) == MIXED_HEADER + MIXED_LINES[1] + MIXED_LINES[2]
+    assert export(client, limit=0) == MIXED_HEADER
+
+
+def test_order_by_puts_nulls_last_ascending_and_first_descending(client: httpx.Client) -> None:
+    assert ids(client, order_by="qty") == [2, 4, 1, 5, 3]
+    assert ids(client, order_by="-qty") == [3, 5, 1, 4, 2]
+    assert ids(client, order_by="-active,id") == [3, 1, 4, 2, 5]
+
+
+def test_order_by_breaks_ties_by_the_key(client: httpx.Client) -> None:
+    assert ids(client, order_by="active") == [2, 5, 1, 4, 3]
+    assert ids(client, order_by="-active") == [3, 1, 4, 2, 5]
+
+
+def test_a_view_without_a_key_breaks_ties_by_every_column(
+    client: httpx.Client, mixed_server: LiveServer
+) -> None:
+    execute(
+        mixed_server.settings,
+        "INSERT INTO mixed (id, qty, label) VALUES (6, 3, 'a'), (7, 3, 'b'), (8, 3, 'a')",
+    )
+    text = export(client, "mixed_view", order_by="-qty", qty__gte=3)
+    assert text == "label,qty\r\nżółć 🎉,42\r\na,3\r\na,3\r\nb,3\r\nplain,3\r\n"
+
+
+def test_bom(client: httpx.Client) -> None:
+    response = client.get("/api/v1/exports/mixed.csv", params={"bom": "true", "limit": 1})
+    assert response.content == ("\ufeff" + MIXED_HEADER + MIXED_LINES[1]).encode()
+    no_header = client.get(
+        "/api/v1/exports/mixed.csv", params={"bom": "true", "header": "false", "limit": 1}
+    )
+    assert no_header.content == ("\ufeff" + MIXED_LINES[1]).encode()
+
+
+def test_delimiters(client: httpx.Client) -> None:
+    semicolon = export(client, delimiter="semicolon", columns="id,note", limit=2)
+    assert semicolon == 'id;note\r\n1;"line1\nline2"\r\n2;"say ""hi"", ok"\r\n'
+    tab = export(client, delimiter="tab", columns="id,label,ratio", limit=2)
+    assert tab == 'id\tlabel\tratio\r\n1\tplain\t0.25\r\n2\t""\t1e-07\r\n'
+    assert export(client, delimiter="comma", limit=1) == MIXED_HEADER + MIXED_LINES[1]
+
+
+def test_header_false(client: httpx.Client) -> None:
+    assert export(client, header="false") == MIXED_CSV.removeprefix(MIXED_HEADER)
+
+
+def test_formula_escape_false(client: httpx.Client) -> None:
+    text = export(client, formula_escape="false", columns="label,note", id__in="4,5")
+    assert text == 'label,note\r\n=SUM(A1),"crlf\r\nend"\r\nżółć 🎉,-negative text\r\n'
+
+
+# ---- filters ----
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"qty": "3"}, [1]),
+        ({"qty__eq": "3"}, [1]),
+        ({"qty__ne": "3"}, [2, 4, 5]),
+        ({"qty__gt": "0"}, [1, 5]),
+        ({"qty__gte": "0"}, [1, 4, 5]),
+        ({"qty__lt": "0"}, [2]),
+        ({"qty__lte": "0"}, [2, 4]),
+        ({"qty__in": "3,42,1000"}, [1, 5]),
+        ({"qty__isnull": "true"}, [3]),
+        ({"qty__isnull": "false"}, [1, 2, 4, 5]),
+        ({"label": "plain"}, [1]),
+        ({"label": ""}, [2]),
+        ({"label": "żółć 🎉"}, [5]),
+        ({"label__in": "plain,=SUM(A1)"}, [1, 4]),
+        ({"note": 'say "hi", ok'}, [2]),
+        ({"price__gt": "1"}, [1, 4]),
+        ({"price": "-0.125"}, [2]),
+        ({"price__lte": "0.1"}, [2, 5]),
+        ({"ratio__lt": "0"}, [4]),
+        ({"ratio": "1e-7"}, [2]),
+        ({"active": "true"}, [1, 4]),
+        ({"active": "false"}, [2, 5]),
+        ({"active__ne": "true"}, [2, 5]),
+        ({"day__gt": "2026-01-02"}, [2, 5]),
+        ({"day": "2025-12-31"}, [4]),
+        ({"at__gte": "2026-01-01T00:00:00Z"}, [1, 2, 5]),
+        ({"at": "2026-01-02T05:04:05+02:00"}, [1]),
+        ({"at__lt": "2026-01-02T05:04:05+02:00"}, [4]),
+        ({"at": "2026-03-04T05:06:07.250Z"}, [2]),
+        ({"at__in": "2026-06-01T00:00:00Z,2025-12-31T23:59:59Z"}, [4, 5]),
+        ({"at__isnull": "true"}, [3]),
+        ({"active": "false", "qty__gt": "0"}, [5]),
+        ({"qty__gte": "0", "qty__lte": "3"}, [1, 4]),
+    ],
+)
+def test_filters(client: httpx.Client, params: dict[str, str], expected: list[int]) -> None:
+    assert ids(client, **params) == expected
+
+
+def test_filters_bind_values_never_sql(client: httpx.Client) -> None:
+    assert ids(client, label="plain' OR '1'='1") == []
+    assert ids(client, **{"label__in": "x') OR 1=1 --"}) == []
+
+
+# ---- refusals: all before any CSV ----
+
+
+def test_an_unknown_dataset_is_404(client: httpx.Client) -> None:
+    for name in ("nope", "absent", "alembic_version", "sqlite_master"):
+        error = refused(client, 404, f"/api/v1/exports/{name}.csv")
+        assert error["code"] == "dataset_not_found"
+
+
+@pytest.mark.parametrize(
+    ("params", "parameter"),
+    [
+        ({"columns": "id,nope"}, "columns"),
+        ({"columns": "id,id"}, "columns"),
+        ({"columns": ""}, "columns"),
+        ({"order_by": "nope"}, "order_by"),
+        ({"order_by": "-nope"}, "order_by"),
+        ({"nope": "1"}, "nope"),
+        ({"nope__gt": "1"}, "nope__gt"),
+        ({"qty__like": "1"}, "qty__like"),
+        ({"qty": "abc"}, "qty"),
+        ({"qty": "1.5"}, "qty"),
+        ({"qty": "1_000"}, "qty"),
+        ({"qty": "9223372036854775808"}, "qty"),
+        ({"qty__in": "1,x"}, "qty__in"),
+        ({"price": "1e"}, "price"),
+        ({"ratio": "nan"}, "ratio"),
+        ({"active": "maybe"}, "active"),
+        ({"day": "2026-13-01"}, "day"),
+        ({"at": "yesterday"}, "at"),
+        ({"qty__isnull": "maybe"}, "qty__isnull"),
+        ({"limit": "-1"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"bom": "yes"}, "bom"),
+        ({"header": "no"}, "header"),
+        ({"formula_escape": "off"}, "formula_escape"),
+        ({"delimiter": "pipe"}, "delimiter"),
+        ({"label": "a\x00b"}, "label"),
+        ({"label": "x" * 3000}, "label"),
+    ],
+)
+def test_a_bad_query_is_400_naming_the_parameter(
+    client: httpx.Client, params: dict[str, str], parameter: str
+) -> None:
+    error = refused(client, 400, **params)
+    assert error["code"] == "invalid_request"
+    assert error["details"]["parameter"] == parameter
+    assert parameter in error["message"]
+
+
+def test_a_zoned_column_needs_a_zoned_value(client: httpx.Client, mixed_server: LiveServer) -> None:
+    error = refused(client, 400, "/api/v1/exports/files.csv", created_at__gt="2026-01-01T00:00:00")
+    assert "time zone" in error["message"]
+    if not is_sqlite(mixed_server):  # timestamptz; SQLite keeps no zone, naive values mean UTC
+        refused(client, 400, at="2026-01-01T00:00:00")
+
+
+def test_an_integer_out_of_the_columns_range_is_400_on_postgresql(
+    client: httpx.Client, mixed_server: LiveServer
+) -> None:
+    if is_sqlite(mixed_server):
+        assert ids(client, qty__lt="3000000000") == [1, 2, 4, 5]  # SQLite integers are 64-bit
+    else:
+        refused(client, 400, qty__lt="3000000000")  # an integer column is 32-bit
+
+
+def test_a_column_that_cannot_be_compared_takes_only_isnull(
+    make_settings: SettingsFactory, make_server: ServerFactory
+) -> None:
+    settings = make_settings()
+    blob = "BLOB" if settings.is_sqlite else "bytea"
+    execute(
+        settings,
+        "DROP TABLE IF EXISTS blobs",
+        f"CREATE TABLE blobs (id integer PRIMARY KEY, data {blob})",
+        "INSERT INTO blobs VALUES (:id, :data)",
+        rows=[{"id": 1, "data": b"\x00\xff"}, {"id": 2, "data": None}],
+    )
+    server = make_server(export_tables=["blobs"])
+    with httpx.Client(base_url=server.url) as http:
+        assert export(http, "blobs") == "id,data\r\n1,\\x00ff\r\n2,\r\n"
+        assert export(http, "blobs", data__isnull="true") == "id,data\r\n2,\r\n"
+        for params in ({"data": "x"}, {"order_by": "data"}):
+            error = refused(http, 400, "/api/v1/exports/blobs.csv", **params)
+            assert "binary" in error["message"]
+
+
+def test_options_may_not_repeat_and_filters_are_bounded(client: httpx.Client) -> None:
+    response = client.get("/api/v1/exports/mixed.csv?limit=1&limit=2")
+    assert response.status_code == 400
+    assert "more than once" in response.json()["error"]["message"]
+    many = "&".join(f"qty__ne={i}" for i in range(33))
+    assert client.get(f"/api/v1/exports/mixed.csv?{many}").status_code == 400
+    assert ids(client, **{"qty__ne": "999"}) == [1, 2, 4, 5]
+    huge = "&".join(f"label__ne={'x' * 1000}" for _ in range(9))
+    assert client.get(f"/api/v1/exports/mixed.csv?{huge}").status_code == 400
+    long_list = ",".join(str(i) for i in range(501))
+    assert client.get("/api/v1/exports/mixed.csv", params={"qty__in": long_list}).status_code == 400
+    assert client.get("/api/v1/exports/mixed.csv?label=%ff").status_code == 400
+
+
+# ---- round trip ----
+
+
+def _typed(text: str, like: Any) -> Any:
+    """A CSV field read back as the type the database gave."""
+    if text == "" and like in (None, ""):
+        return like  # csv cannot tell NULL from "": the exact-string tests do
+    if isinstance(like, bool):
+        return text == "true"
+    if isinstance(like, datetime):
+        return datetime.fromisoformat(text)
+    if isinstance(like, date):
+        return date.fromisoformat(text)
+    if isinstance(like, int):
+        return int(text)
+    if isinstance(like, float):
+        return float(text)
+    if isinstance(like, Decimal):
+        return Decimal(text)
+    return text
+
+
+def _stored(value: Any, kind: str) -> Any:
+    """A value as SQLite stores it, read as the export reads it."""
+    if isinstance(value, str) and kind == "datetime":
+        return datetime.fromisoformat(value)
+    if isinstance(value, str) and kind == "date":
+        return date.fromisoformat(value)
+    if kind == "boolean" and value is not None:
+        return bool(value)
+    return value
+
+
+def test_round_trip_equals_the_rows_in_the_database(
+    client: httpx.Client, mixed_server: LiveServer
+) -> None:
+    rng = random.Random(7)
+    alphabet = 'ab ,;"\r\n\t=+-@ü🎉'
+    rows = [
+        {
+            "id": 100 + i,
+            "qty": rng.choice([None, rng.randint(-(2**31), 2**31 - 1)]),
+            "ratio": rng.choice([None, rng.uniform(-1e6, 1e6), rng.random() * 1e-12]),
+            "label": rng.choice(
+                [None, "", "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 12)))]
+            ),
+            "note": "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 300))),
+        }
+        for i in range(3000)
+    ]
+    execute(
+        mixed_server.settings,
+        "INSERT INTO mixed (id, qty, ratio, label, note) VALUES (:id, :qty, :ratio, :label, :note)",
+        rows=rows,
+    )
+    text = export(client, formula_escape="false")
+    parsed = list(csv.reader(io.StringIO(text, newline="")))
+    assert parsed[0] == list(MIXED_COLUMNS)
+    stored = query(mixed_server.settings, "SELECT * FROM mixed ORDER BY id")
+    assert len(parsed) - 1 == len(stored) == 3005
+    for fields, row in zip(parsed[1:], stored, strict=True):
+        expected = [_stored(v, k) for v, k in zip(row, MIXED_KINDS, strict=True)]
+        assert [_typed(f, v) for f, v in zip(fields, expected, strict=True)] == expected
+
+
+# ---- streaming ----
+
+BIG_ROWS = 300_000
+
+
+@pytest.fixture
+def big_server(make_settings: SettingsFactory, make_server: ServerFactory) -> LiveServer:
+    create_big(make_settings(), BIG_ROWS)
+    return make_server(export_tables=["big"])
+
+
+def _running(server: LiveServer) -> Exporter:
+    exporter: Exporter = server.app.state.exporter
+    return exporter
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _export_backends(server: LiveServer) -> list[tuple[Any, ...]]:
+    """PostgreSQL backends other than ours that are reading the big table or in a transaction."""
+    return query(
+        server.settings,
+        "SELECT pid, state, query FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid() AND (query LIKE '%FROM big%' AND state <> 'idle' "
+        "OR state LIKE 'idle in transaction%')",
+    )
+
+
+def test_the_first_bytes_leave_before_the_table_is_read_and_a_disconnect_stops_the_query(
+    big_server: LiveServer,
+) -> None:
+    with httpx.Client(base_url=big_server.url, headers={"Accept-Encoding": "identity"}) as http:
+        with http.stream("GET", "/api/v1/exports/big.csv") as response:
+            chunks = response.iter_raw()
+            first = next(chunks)
+            assert first.startswith(b"id,name,category")
+            [running] = _running(big_server).running
+            assert running.rows < BIG_ROWS / 2
+            next(chunks)
+            if not is_sqlite(big_server):
+                assert _export_backends(big_server)  # the cursor is open, mid-table
+    # The client has gone: the export stops and its connection goes back to the pool.
+    _eventually(lambda: not _running(big_server).running)
+    assert running.rows < BIG_ROWS / 2
+    engine = big_server.app.state.resources.engine
+    _eventually(lambda: engine.pool.checkedout() == 0)
+    if not is_sqlite(big_server):
+        _eventually(lambda: not _export_backends(big_server))
+
+
+def test_a_whole_big_export(big_server: LiveServer) -> None:
+    with httpx.Client(base_url=big_server.url, timeout=120) as http:  # gzip: httpx decodes it
+        with http.stream("GET", "/api/v1/exports/big.csv") as response:
+            assert response.headers["content-encoding"] == "gzip"
+            lines = sum(chunk.count(b"\r\n") for chunk in response.iter_bytes())
+    assert lines == BIG_ROWS + 1
+
+
+def _break_the_database(server: LiveServer) -> None:
+    """Make the export's connection fail under it, while it is half-way through."""
+    if is_sqlite(server):
+        # The rows live in the main file (checkpointed before the export started):
+        # cut it short, and the pages still to be read are gone.
+        path = server.settings.data_dir / "filesvc.db"
+        with path.open("r+b") as database:
+            database.truncate(64 * 1024)
+    else:
+        query(
+            server.settings,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND query LIKE '%FROM big%'",
+        )
+
+
+def test_a_failure_mid_stream_ends_the_response_without_its_final_chunk(
+    big_server: LiveServer,
+) -> None:
+    if is_sqlite(big_server):
+        execute(big_server.settings, "PRAGMA wal_checkpoint(TRUNCATE)")
+    received = b""
+    with httpx.Client(base_url=big_server.url, headers={"Accept-Encoding": "identity"}) as http:
+        with http.stream("GET", "/api/v1/exports/big.csv") as response:
+            assert response.status_code == 200
+            chunks = response.iter_raw()
+            received += next(chunks) + next(chunks)
+            _break_the_database(big_server)
+            with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+                for chunk in chunks:
+                    received += chunk
+    assert received.count(b"\r\n") < BIG_ROWS
+    _eventually(lambda: not _running(big_server).running)
+
+
+# ---- the database: lazy, retried, and 503 while down ----
+
+
+def test_the_service_starts_with_the_database_down_and_answers_503(
+    make_settings: SettingsFactory, make_server: ServerFactory
+) -> None:
+    down = "postgresql+asyncpg://postgres@127.0.0.1:9/nowhere"
+    server = make_server(database_url=down, auto_migrate=False, export_tables=["mixed"])
+    with httpx.Client(base_url=server.url) as http:
+        for path in ("/api/v1/exports", "/api/v1/exports/files.csv", "/api/v1/exports/mixed.csv"):
+            response = http.get(path)
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "database_unavailable"
+            assert response.headers["retry-after"]
+
+
+def test_a_failed_reflection_is_not_kept(make_settings: SettingsFactory) -> None:
+    settings = make_settings()
+    create_mixed(settings)
+
+    async def run() -> tuple[str, list[str]]:
+        catalog = Catalog(["mixed"])
+        down = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:9/nowhere")
+        up = create_async_engine(settings.effective_database_url)
+        try:
+            try:
+                await catalog.datasets(down)
+                failure = "none"
+            except OSError as exc:
+                failure = type(exc).__name__
+            return failure, list(await catalog.datasets(up))
+        finally:
+            await down.dispose()
+            await up.dispose()
+
+    failure, names = asyncio.run(run())
+    assert failure != "none"
+    assert names == ["files", "mixed"]
+
+
+def test_a_missing_table_is_left_out_then_found_once_created(
+    make_settings: SettingsFactory, make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Catalog, "missing_retry_seconds", 0.2)
+    server = make_server(export_tables=["later"])
+    with httpx.Client(base_url=server.url) as http:
+        names = [d["name"] for d in http.get("/api/v1/exports").json()["datasets"]]
+        assert names == ["files"]
+        assert http.get("/api/v1/exports/later.csv").status_code == 404
+        execute(
+            server.settings,
+            "DROP TABLE IF EXISTS later",
+            "CREATE TABLE later (id integer PRIMARY KEY)",
+            "INSERT INTO later VALUES (1)",
+        )
+        time.sleep(0.3)
+        assert export(http, "later") == "id\r\n1\r\n"
+
+
+def test_too_many_exports_at_once_is_503(
+    big_server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Exporter, "max_running", 1)
+    with httpx.Client(base_url=big_server.url, headers={"Accept-Encoding": "identity"}) as http:
+        with http.stream("GET", "/api/v1/exports/big.csv") as response:
+            chunks = response.iter_raw()  # kept: a dropped iterator closes the connection
+            next(chunks)
+            second = http.get("/api/v1/exports/big.csv")
+            assert second.status_code == 503
+            assert second.headers["retry-after"]
+    _eventually(lambda: not _running(big_server).running)
+    with httpx.Client(base_url=big_server.url) as http:
+        assert export(http, "big", limit=1).count("\r\n") == 2
+
+
+def test_openapi_documents_the_routes(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    listing = spec["paths"]["/api/v1/exports"]["get"]
+    download = spec["paths"]["/api/v1/exports/{name}.csv"]["get"]
+    assert {"200", "503"} <= set(listing["responses"])
+    assert {"200", "400", "404", "503"} <= set(download["responses"])
+    assert "text/csv" in download["responses"]["200"]["content"]
+    names = {p["name"] for p in download["parameters"]}
+    assert {"name", "columns", "order_by", "limit", "bom", "delimiter", "header"} <= names
+    assert "formula_escape" in names
