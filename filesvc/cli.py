@@ -151,6 +151,12 @@ def _check(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def _export(args: argparse.Namespace) -> int:
+    from filesvc.exports.command import run
+
+    return run(load_settings(), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="filesvc",
@@ -217,6 +223,41 @@ def build_parser() -> argparse.ArgumentParser:
         "FILESVC_INCOMPLETE_UPLOAD_GRACE); younger ones may be uploads in progress",
     )
     check.set_defaults(handler=_check)
+
+    export = commands.add_parser(
+        "export",
+        help="write a dataset as CSV, as GET /api/v1/exports/NAME.csv does",
+        description="Write dataset NAME (files, or a table in FILESVC_EXPORT_TABLES) as CSV. "
+        "The options are the route's query parameters, e.g. "
+        "filesvc export files --columns id,size --order-by=-size --filter size__gt=1000 -o big.csv",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("name", metavar="NAME", help="the dataset")
+    export.add_argument("-o", "--output", default="-", help="file to write (default -: stdout)")
+    export.add_argument("--columns", help="columns in this order, comma-separated")
+    export.add_argument(
+        "--order-by", help="column to sort by; write --order-by=-COL for descending"
+    )
+    export.add_argument(
+        "--filter",
+        action="append",
+        metavar="COL[__OP]=VALUE",
+        help="keep rows where it holds (repeatable); OP: eq ne gt gte lt lte in isnull",
+    )
+    export.add_argument("--limit", type=int, help="most rows to write")
+    export.add_argument("--bom", action="store_true", help="start with a UTF-8 BOM (Excel)")
+    export.add_argument("--delimiter", choices=["comma", "semicolon", "tab"])
+    export.add_argument(
+        "--no-header", dest="header", action="store_false", help="leave out the header row"
+    )
+    export.add_argument(
+        "--no-formula-escape",
+        dest="formula_escape",
+        action="store_false",
+        help="do not prefix ' to text cells that begin with = + - @ tab or CR",
+    )
+    export.set_defaults(handler=_export)
     return parser
 
 
