@@ -9,6 +9,7 @@ start-up.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import re
 import secrets
@@ -90,6 +91,19 @@ async def _single_chunk(data: bytes) -> AsyncIterator[bytes]:
         yield data
 
 
+def _pread(fd: int, offset: int, length: int) -> bytes:
+    """Up to ``length`` bytes from ``offset``, fewer only at the end of the file."""
+    parts = []
+    while length > 0:
+        part = os.pread(fd, length, offset)
+        if not part:
+            break
+        parts.append(part)
+        offset += len(part)
+        length -= len(part)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
 class LocalStorage(Storage):
     name = "local"
     #: Bytes read from disk per chunk when streaming a file out; reads up to
@@ -121,36 +135,32 @@ class LocalStorage(Storage):
     async def open_reader(
         self, key: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        if length is not None and length <= self.chunk_size:
-            return _single_chunk(await self._read_small(key, offset, length))
-        try:
-            file = await aiofiles.open(self.path(key), "rb", buffering=0)
-        except FileNotFoundError as exc:
-            raise ObjectNotFound(key) from exc
-        return self._chunks(file, offset, length)
-
-    async def _read_small(self, key: str, offset: int, length: int) -> bytes:
-        """A small read in one go: from the page cache on the event loop, else in a thread.
+        """Chunks read from the page cache on the event loop when they are there.
 
         Most static files are small and hot. A worker-thread round trip costs
         more than copying them, and under load the GIL hand-offs cost more
-        still, so the bytes are read on the event loop with ``RWF_NOWAIT``,
+        still, so each chunk is read on the event loop with ``RWF_NOWAIT``,
         which fails rather than wait for the disk; only then does a thread
-        read them. Opening and closing are metadata calls answered from the
-        kernel's caches for hot files (nginx, too, makes them in its event loop).
+        read it. Opening and closing are metadata calls answered from the
+        kernel's caches for hot files (nginx, too, makes them in its event
+        loop). A read of at most :attr:`chunk_size` is one chunk.
         """
         try:
             with _translated_os_errors():
-                data = self._read(key, offset, length, nowait=True) if self._nowait else None
-                if data is None:
-                    data = await anyio.to_thread.run_sync(self._read, key, offset, length)
+                file = self._open_checked(key)
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
-        assert data is not None
-        return data
+        if length is not None and length <= self.chunk_size:
+            try:
+                with _translated_os_errors():
+                    data = await self._pread(file, offset, length)
+            finally:
+                file.close()
+            return _single_chunk(data)
+        return self._chunks(file, offset, length)
 
-    def _open_checked(self, key: str) -> int:
-        """A descriptor of the key's file, opened for reading, that leads under the root.
+    def _open_checked(self, key: str) -> io.FileIO:
+        """The key's file, opened for reading, checked to lead under the root.
 
         What :meth:`path` checks, checked on the open descriptor instead: where
         ``/proc/self/fd`` says it leads. One system call rather than one per
@@ -159,8 +169,8 @@ class LocalStorage(Storage):
         if not _KEY.match(key):
             raise ObjectNotFound(key)
         # O_NONBLOCK: opening a FIFO planted under the root must not wait for a writer.
-        flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK
-        fd = os.open(f"{self.root}/{key}", flags)
+        fd = os.open(f"{self.root}/{key}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        file = io.FileIO(fd, "rb")
         try:
             try:
                 real = os.readlink(f"/proc/self/fd/{fd}")
@@ -169,56 +179,51 @@ class LocalStorage(Storage):
             if not real.startswith(f"{self.root}/"):
                 raise ObjectNotFound(key)
         except BaseException:
-            os.close(fd)
+            file.close()
             raise
-        return fd
+        return file
 
-    def _read(self, key: str, offset: int, length: int, nowait: bool = False) -> bytes | None:
-        """Up to ``length`` bytes from ``offset``; None if ``nowait`` and the disk would be read."""
-        fd = self._open_checked(key)
-        try:
-            if nowait:
-                buffer = bytearray(length)
-                try:
-                    count = os.preadv(fd, [buffer], offset, _RWF_NOWAIT)
-                except BlockingIOError:
-                    return None
-                except OSError as exc:  # a kernel or file system without RWF_NOWAIT
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                        raise
-                    self._nowait = False
-                    return None
-                if count < length and os.fstat(fd).st_size > offset + count:
-                    return None  # partly cached
-                return bytes(memoryview(buffer)[:count])
-            parts = []
-            while length > 0:
-                part = os.pread(fd, length, offset)
-                if not part:
-                    break
-                parts.append(part)
-                offset += len(part)
-                length -= len(part)
-            return parts[0] if len(parts) == 1 else b"".join(parts)
-        finally:
-            os.close(fd)
+    async def _pread(self, file: io.FileIO, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset``: from the page cache, else in a thread."""
+        if self._nowait:
+            data = self._pread_cached(file, offset, length)
+            if data is not None:
+                return data
+        return await anyio.to_thread.run_sync(_pread, file.fileno(), offset, length)
 
-    async def _chunks(self, file: Any, offset: int, length: int | None) -> AsyncIterator[bytes]:
+    def _pread_cached(self, file: io.FileIO, offset: int, length: int) -> bytes | None:
+        """The bytes if the page cache holds them all, else None (the disk is not touched)."""
+        buffer = bytearray(length)
         try:
-            if offset:
-                await file.seek(offset)
+            count = os.preadv(file.fileno(), [buffer], offset, _RWF_NOWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as exc:  # a kernel or file system without RWF_NOWAIT
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            self._nowait = False
+            return None
+        if count < length and os.fstat(file.fileno()).st_size > offset + count:
+            return None  # partly cached
+        return bytes(buffer) if count == length else bytes(memoryview(buffer)[:count])
+
+    async def _chunks(
+        self, file: io.FileIO, offset: int, length: int | None
+    ) -> AsyncIterator[bytes]:
+        try:
             remaining = length
             while remaining is None or remaining > 0:
                 size = self.chunk_size if remaining is None else min(self.chunk_size, remaining)
-                chunk = await file.read(size)
+                with _translated_os_errors():
+                    chunk = await self._pread(file, offset, size)
                 if not chunk:
                     break
+                offset += len(chunk)
                 if remaining is not None:
                     remaining -= len(chunk)
                 yield chunk
         finally:
-            with anyio.CancelScope(shield=True):  # a cancelled read still closes its file
-                await file.close()
+            file.close()
 
     async def stat(self, key: str) -> StoredObject:
         try:
