@@ -76,12 +76,13 @@ class S3CallLog:
         self.active: dict[str, int] = {}
         self.peak: dict[str, int] = {}
         self._lock = threading.Lock()
-        events = storage.client.meta.events
-        events.register("provide-client-params.s3", self._params)
-        events.register("before-call.s3", self._before)
-        events.register("after-call.s3", self._after)
-        events.register("after-call-error.s3", self._after)
-        events.register("before-send.s3", self._send)
+        for client in {storage.client, storage.complete_client}:
+            events = client.meta.events
+            events.register("provide-client-params.s3", self._params)
+            events.register("before-call.s3", self._before)
+            events.register("after-call.s3", self._after)
+            events.register("after-call-error.s3", self._after)
+            events.register("before-send.s3", self._send)
 
     def _params(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         with self._lock:

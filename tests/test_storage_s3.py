@@ -15,8 +15,9 @@ from botocore.exceptions import ClientError
 
 from filesvc.config import Settings
 from filesvc.errors import StorageUnavailable
+from filesvc.serving import content_disposition
 from filesvc.storage import ObjectNotFound, new_key, open_writer
-from filesvc.storage.s3 import MAX_PARTS, S3Storage, content_disposition
+from filesvc.storage.s3 import MAX_PARTS, S3Storage
 from tests.s3server import MotoS3, S3Bucket, S3CallLog
 
 MiB = 1024 * 1024
@@ -179,6 +180,10 @@ def test_client_config_is_explicit(s3_bucket: S3Bucket) -> None:
     assert config.max_pool_connections >= 8
     assert config.s3 == {"addressing_style": "virtual"}
     assert storage.max_concurrency == 8
+    # CompleteMultipartUpload alone may take minutes on large objects.
+    slow: Any = storage.complete_client.meta.config
+    assert (slow.connect_timeout, slow.read_timeout) == (3.5, S3Storage.complete_timeout)
+    assert slow.retries == config.retries
     assert storage.part_size == PART
 
 
@@ -360,14 +365,9 @@ async def test_presigned_url_in_redirect_mode(s3_bucket: S3Bucket) -> None:
     assert response.status_code == 200
     assert response.content == b"%PDF-1.4 hello"
     assert response.headers["content-type"] == "application/pdf"
-    assert response.headers["content-disposition"] == (
-        "attachment; filename=\"r_sum_ 2026.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%202026.pdf"
+    # The same header as the service's own static responses.
+    assert response.headers["content-disposition"] == content_disposition(
+        "résumé 2026.pdf", "application/pdf"
     )
+    assert "filename*=UTF-8''r%C3%A9sum%C3%A9%202026.pdf" in response.headers["content-disposition"]
     await storage.aclose()
-
-
-def test_content_disposition() -> None:
-    assert content_disposition("a.png", "image/png") == 'inline; filename="a.png"'
-    assert content_disposition('a"b.pdf', "application/pdf") == (
-        "attachment; filename=\"a_b.pdf\"; filename*=UTF-8''a%22b.pdf"
-    )

@@ -18,7 +18,6 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
 
 import anyio
 import boto3
@@ -28,7 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 from filesvc import __version__
 from filesvc.config import Settings
 from filesvc.errors import StorageUnavailable
-from filesvc.sniffing import RASTER_IMAGE_TYPES
+from filesvc.serving import content_disposition
 from filesvc.storage.base import ObjectNotFound, Storage, StorageWriter, StoredObject
 from filesvc.storage.multipart import MultipartWriter, Pieces, joined
 
@@ -95,16 +94,6 @@ def _translate(exc: Exception, key: str) -> Exception:
     return StorageUnavailable(f"The file storage is unavailable ({type(exc).__name__}).")
 
 
-def content_disposition(filename: str, content_type: str) -> str:
-    """RFC 6266: inline for raster images, attachment otherwise, UTF-8 name in ``filename*``."""
-    kind = "inline" if content_type in RASTER_IMAGE_TYPES else "attachment"
-    fallback = "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\%' else "_" for ch in filename)
-    value = f'{kind}; filename="{fallback}"'
-    if fallback != filename:
-        value += f"; filename*=UTF-8''{quote(filename, safe='')}"
-    return value
-
-
 class S3Storage(Storage):
     name = "s3"
     #: Bytes read from S3 per worker-thread call when streaming an object out.
@@ -117,6 +106,10 @@ class S3Storage(Storage):
     #: How long an abort that could not reach S3 keeps being retried in the background.
     abort_retry_seconds = 600.0
     abort_retry_max_delay = 10.0
+    #: Read timeout of CompleteMultipartUpload, which S3 documents as taking up
+    #: to minutes for large objects (AWS keeps the connection alive meanwhile;
+    #: other stores may stay silent).
+    complete_timeout = 300.0
 
     def __init__(
         self,
@@ -128,8 +121,10 @@ class S3Storage(Storage):
         max_concurrency: int = 4,
         threads: int | None = None,
         redirect: bool = False,
+        complete_client: S3Client | None = None,
     ) -> None:
         self.client = client
+        self.complete_client = complete_client or client
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.part_size = part_size
@@ -160,22 +155,29 @@ class S3Storage(Storage):
         )
         # Credentials come from boto3's standard chain only: environment,
         # shared profiles, container and instance roles.
-        client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.s3_region,
-            config=config,
-        )
+        session = boto3.session.Session()
+
+        def client(config: Config) -> S3Client:
+            return session.client(
+                "s3",
+                endpoint_url=settings.s3_endpoint_url,
+                region_name=settings.s3_region,
+                config=config,
+            )
+
+        read_timeout = max(settings.s3_timeout, cls.complete_timeout)
+        slow = config.merge(Config(read_timeout=read_timeout, max_pool_connections=threads))
         # Parts must be large enough for the largest allowed file in 10,000 parts.
         part_size = max(settings.s3_part_size, math.ceil(settings.max_upload_bytes / MAX_PARTS))
         return cls(
-            client,
+            client(config),
             settings.s3_bucket,
             prefix=settings.s3_prefix,
             part_size=part_size,
             max_concurrency=settings.s3_max_concurrency,
             threads=threads,
             redirect=settings.s3_redirect,
+            complete_client=client(slow),
         )
 
     def object_key(self, key: str) -> str:
@@ -243,7 +245,7 @@ class S3Storage(Storage):
         name = self.object_key(key)
         await self._call(
             key,
-            lambda: self.client.complete_multipart_upload(
+            lambda: self.complete_client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=name,
                 UploadId=upload_id,
@@ -435,7 +437,8 @@ class S3Storage(Storage):
             for task in list(self._cleanups):
                 task.cancel()
             await asyncio.wait(set(self._cleanups), timeout=5)
-        await anyio.to_thread.run_sync(self.client.close, limiter=self._limiter)
+        for client in {self.client, self.complete_client}:
+            await anyio.to_thread.run_sync(client.close, limiter=self._limiter)
 
 
 async def _no_chunks() -> AsyncIterator[bytes]:
