@@ -626,10 +626,14 @@ def test_s3_redirect_after_the_signature_checks(make_server: ServerFactory) -> N
         assert client.get(private["url"], params=bad).status_code == 403
         assert client.get(public["url"], headers={"If-None-Match": ETAG}).status_code == 304
         signed = signed_query(private["id"], int(time.time()) + 60)
-        for url, params in ((public["url"], {}), (private["url"], signed)):
+        for url, params, cache in (
+            (public["url"], {}, "public, max-age=300"),
+            (private["url"], signed, "private, no-store"),
+        ):
             response = client.get(url, params=params)
             if server.settings.storage == "s3":
                 assert response.status_code == 307
+                assert response.headers["cache-control"] == cache
                 location = response.headers["location"]
                 assert location.startswith(server.settings.s3_endpoint_url or "")
                 assert httpx.get(location).content == BODY

@@ -186,7 +186,9 @@ async def respond(
             content_type=row.content_type,
         )
         if url is not None:
-            cache = f"public, max-age={REDIRECT_CACHE_SECONDS}" if public else cache_control
+            # A signed request's presigned URL may expire within seconds: never cache it.
+            shared = public and not signed
+            cache = f"public, max-age={REDIRECT_CACHE_SECONDS}" if shared else PRIVATE_CACHE_CONTROL
             return RedirectResponse(url, status_code=307, headers={"Cache-Control": cache})
 
     headers = representation_headers(
