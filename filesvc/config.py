@@ -62,15 +62,27 @@ class Settings(BaseSettings):
         "auto", description="S3 addressing style (`path` for most MinIO set-ups)."
     )
     s3_part_size: int = Field(
-        8 * MiB, ge=5 * MiB, description="Multipart upload part size in bytes (minimum 5 MiB)."
+        8 * MiB,
+        ge=5 * MiB,
+        description="Multipart upload part size in bytes (minimum 5 MiB); raised when needed "
+        "so that `max_upload_bytes` fits in S3's 10,000 parts.",
     )
     s3_max_concurrency: int = Field(
-        4, ge=1, le=64, description="Parts in flight per upload, and boto3 worker threads."
+        4,
+        ge=1,
+        le=64,
+        description="Parts in flight per upload; the process's S3 worker threads and "
+        "connections are 4 times this, at least 16.",
     )
     s3_redirect: bool = Field(
         False, description="Answer static URLs with a redirect to a presigned S3 URL."
     )
-    s3_timeout: float = Field(10.0, gt=0, description="Connect/read timeout of S3 calls, seconds.")
+    s3_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Connect/read timeout of S3 calls, seconds (each call is tried 3 times; "
+        "completing a multipart upload may read for up to 300 s).",
+    )
     max_upload_bytes: int = Field(
         100 * MiB, gt=0, description="Largest accepted file, in bytes (multipart framing excluded)."
     )
