@@ -154,6 +154,30 @@ def test_uploads_in_progress_while_a_body_is_arriving(
     assert value(scrape(client), "filesvc_uploads_in_progress") == 0
 
 
+def test_export_rows_and_bytes_by_dataset(live: tuple[LiveServer, httpx.Client]) -> None:
+    _, client = live
+    for index in range(3):
+        created = client.post(f"/api/v1/files?filename={index}.png", content=make_image())
+        assert created.status_code == 201, created.text
+    plain = client.get("/api/v1/exports/files.csv", headers={"Accept-Encoding": "identity"})
+    assert plain.status_code == 200, plain.text
+    assert plain.text.count("\r\n") == 4  # header and three rows
+    with client.stream(
+        "GET", "/api/v1/exports/files.csv?columns=id", headers={"Accept-Encoding": "gzip"}
+    ) as zipped:
+        assert zipped.headers["content-encoding"] == "gzip"
+        gzipped = b"".join(zipped.iter_raw())
+    samples = scrape(client)
+    assert value(samples, "filesvc_export_rows_total", dataset="files") == 6
+    exported = value(samples, "filesvc_export_bytes_total", dataset="files")
+    assert exported == len(plain.content) + len(gzipped)  # as sent: compressed when gzipped
+    route = "/api/v1/exports/{name}.csv"
+    assert value(samples, "filesvc_served_bytes_total", route=route) == exported
+    ok = {"method": "GET", "route": route, "status": "200"}
+    assert value(samples, "filesvc_http_requests_total", **ok) == 2
+    assert value(samples, "filesvc_exports_in_progress") == 0
+
+
 def test_each_app_counts_for_itself(tmp_path: Path) -> None:
     """Many apps in one process (as in these tests): each has its own registry, from zero."""
     with (

@@ -18,6 +18,7 @@ from filesvc.auth import require
 from filesvc.deps import ResourcesDep
 from filesvc.exports import Exporter, ExportStream, parse_query_string
 from filesvc.exports.query import MAX_FILTERS, OPERATORS
+from filesvc.metrics import Metrics, get_metrics
 from filesvc.schemas import ErrorBody
 
 logger = logging.getLogger("filesvc.exports")
@@ -88,7 +89,7 @@ class CSVStreamResponse(StreamingResponse):
     sees an incomplete body, never a short file that looks whole.
     """
 
-    def __init__(self, export: ExportStream, *, gzip: bool) -> None:
+    def __init__(self, export: ExportStream, *, gzip: bool, metrics: Metrics | None = None) -> None:
         name = attachment_name(export.dataset.name, datetime.now(UTC))
         headers = {
             "Content-Disposition": f'attachment; filename="{name}"',
@@ -99,6 +100,7 @@ class CSVStreamResponse(StreamingResponse):
         if gzip:
             headers["Content-Encoding"] = "gzip"
         self.export = export
+        self.metrics = metrics
         self.chunks = export.chunks(gzip=gzip)
         super().__init__(self.chunks, headers=headers, media_type="text/csv")
 
@@ -121,9 +123,13 @@ class CSVStreamResponse(StreamingResponse):
 
     async def _send_all(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        counted = 0
         try:
             async for chunk in self.chunks:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if self.metrics is not None:  # rows and bytes as they leave, not at the end
+                    rows, counted = self.export.rows - counted, self.export.rows
+                    self.metrics.count_export(self.export.dataset.name, rows, len(chunk))
         finally:
             await self.chunks.aclose()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -227,7 +233,9 @@ async def export_csv(
     export = await exporter.open(resources.engine, name, params)
     try:
         return CSVStreamResponse(
-            export, gzip=accepts_gzip(request.headers.get("accept-encoding", ""))
+            export,
+            gzip=accepts_gzip(request.headers.get("accept-encoding", "")),
+            metrics=get_metrics(request),
         )
     except BaseException:
         await export.aclose()
