@@ -31,16 +31,17 @@ def filesvc(
 def test_help_lists_the_commands_and_the_exit_codes(tmp_path: Path) -> None:
     result = filesvc("--help", data_dir=tmp_path / "data")
     assert result.returncode == EXIT_OK
-    for command in ("serve", "migrate", "check"):
+    for command in ("serve", "migrate", "check", "export"):
         assert command in result.stdout
     assert "exit codes:" in result.stdout and "invalid FILESVC_* setting" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["serve", "migrate", "check"])
+@pytest.mark.parametrize("command", ["serve", "migrate", "check", "export"])
 def test_each_command_has_help(tmp_path: Path, command: str) -> None:
     result = filesvc(command, "--help", data_dir=tmp_path / "data")
     assert result.returncode == EXIT_OK, result.stderr
     assert result.stdout.startswith(f"usage: filesvc {command}")
+    assert "exit codes:" in result.stdout
 
 
 @pytest.mark.parametrize(
