@@ -217,16 +217,22 @@ class Processes:
 
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM ends the bench the way Ctrl-C does, so that cleanup runs."""
+    """SIGTERM and SIGINT end the bench the way Ctrl-C does, so that cleanup runs.
+
+    SIGINT is set explicitly: a shell starting the bench in the background
+    would otherwise leave it ignored, and ``kill -INT`` would do nothing.
+    """
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous_term = signal.signal(signal.SIGTERM, interrupt)
+    previous_int = signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def port_is_free(port: int) -> bool:
