@@ -18,7 +18,7 @@ import re
 import secrets
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import formatdate
 from typing import Any, NamedTuple, Self
@@ -335,8 +335,8 @@ def select(method: str, conditions: Conditions, representation: Representation) 
     if not ranges:
         raise RangeNotSatisfiable(headers={"Content-Range": f"bytes */{representation.size}"})
     if len(ranges) > MAX_RANGES or sum(r.length for r in ranges) > representation.size:
-        # Too many ranges, or overlaps asking for more than the file: a client
-        # that broken or hostile gets the file once, as from nginx.
+        # Too many ranges, or overlaps asking for more than the file: a broken
+        # or hostile client gets the file once, as from nginx.
         return whole
     return Selection(206, tuple(ranges))
 
@@ -400,7 +400,7 @@ class Multipart:
     #: The delimiter and headers before each range's bytes.
     heads: tuple[bytes, ...]
     trailer: bytes
-    content_length: int = field(default=0)
+    content_length: int
 
     @classmethod
     def build(
