@@ -16,11 +16,11 @@ import base64
 import logging
 import re
 import secrets
+import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import formatdate
 from typing import Any, NamedTuple, Self
 from urllib.parse import quote
 
@@ -89,11 +89,24 @@ class Representation:
 
     @property
     def last_modified_http(self) -> str:
-        return formatdate(self.last_modified, usegmt=True)
+        return http_date(self.last_modified)
 
     @property
     def repr_digest(self) -> str:
         return repr_digest(self.sha256)
+
+
+_DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def http_date(seconds: int) -> str:
+    """The IMF-fixdate of RFC 9110 §5.6.7 (``email.utils.formatdate`` is three times slower)."""
+    t = time.gmtime(seconds)
+    return (
+        f"{_DAY_NAMES[t.tm_wday]}, {t.tm_mday:02d} {_MONTH_NAMES[t.tm_mon - 1]} {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
+    )
 
 
 def repr_digest(sha256_hex: str) -> str:
@@ -346,8 +359,13 @@ def select(method: str, conditions: Conditions, representation: Representation) 
 _ATTR_CHAR = "!#$&+-.^_`|~"  # RFC 8187 attr-char besides ALPHA and DIGIT
 
 
+_UNSAFE_IN_QUOTES = frozenset('"\\%')
+
+
 def ascii_filename(name: str) -> str:
     """A fallback for ``filename=``: printable ASCII, no quote, backslash or percent sign."""
+    if name.isascii() and name.isprintable() and _UNSAFE_IN_QUOTES.isdisjoint(name):
+        return name.strip() or "file"
     folded = unicodedata.normalize("NFKD", name)
     text = "".join(ch for ch in folded if not unicodedata.combining(ch))
     text = "".join(ch if " " <= ch <= "~" and ch not in '"\\%' else "_" for ch in text)

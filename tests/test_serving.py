@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import email.utils
 import hashlib
 import re
 import urllib.parse
@@ -26,6 +27,7 @@ from filesvc.serving import (
     TruncatedObject,
     ascii_filename,
     content_disposition,
+    http_date,
     multipart_chunks,
     parse_entity_tags,
     parse_http_date,
@@ -53,6 +55,12 @@ def test_representation_validators() -> None:
     assert REP.last_modified == int(CREATED.timestamp())
     upper = Representation.of(size=1, content_type="x/y", sha256=SHA.upper(), created_at=CREATED)
     assert upper.etag == ETAG
+
+
+@pytest.mark.parametrize("seconds", [0, 784111777, 951782400, 1772368245, 4102444799])
+def test_http_date_is_imf_fixdate(seconds: int) -> None:
+    assert http_date(seconds) == email.utils.formatdate(seconds, usegmt=True)
+    assert parse_http_date(http_date(seconds)) == seconds
 
 
 def test_repr_digest_is_rfc_9530_base64_of_the_raw_digest() -> None:
