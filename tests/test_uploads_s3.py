@@ -254,3 +254,26 @@ def test_readyz_names_a_missing_bucket(make_server: ServerFactory) -> None:
         ready = client.get("/readyz")
     assert ready.status_code == 503
     assert "does not exist" in ready.json()["error"]["details"]["checks"]["storage"]
+
+
+@pytest.mark.postgres
+def test_postgres_and_s3_together(
+    make_server: ServerFactory, s3_bucket: S3Bucket, request: pytest.FixtureRequest
+) -> None:
+    """The at-scale set-up end to end: rows in PostgreSQL, bytes in S3."""
+    postgres_url: str = request.getfixturevalue("postgres_url")
+    server = make_pdf_server(make_server, database_url=postgres_url)
+    data = b"".join(pdf(PART + 3 * MiB, seed=7))
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        response = client.post("/api/v1/files?filename=scale.pdf", content=data)
+        assert response.status_code == 201, response.text
+        file_id = response.json()["id"]
+        assert server.query("SELECT size FROM files WHERE id = :id", id=file_id) == [(len(data),)]
+        served = client.get(f"/files/{file_id}")
+        assert served.status_code == 200 and served.content == data
+        ranged = client.get(f"/files/{file_id}", headers={"Range": f"bytes={PART - 2}-{PART + 1}"})
+        assert ranged.status_code == 206 and ranged.content == data[PART - 2 : PART + 2]
+        assert client.delete(f"/api/v1/files/{file_id}").status_code == 204
+    # The session's PostgreSQL database is shared: look at this file's row only.
+    assert server.query("SELECT count(*) FROM files WHERE id = :id", id=file_id) == [(0,)]
+    assert server.stored_objects() == []
