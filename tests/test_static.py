@@ -467,6 +467,28 @@ def test_a_deleted_file_is_gone_at_once(client: httpx.Client, stored: dict[str, 
     assert client.get(stored["url"]).status_code == 404
 
 
+@pytest.mark.parametrize(
+    "database",
+    [
+        pytest.param("postgresql+asyncpg://postgres@127.0.0.1:1/down", id="postgres-down"),
+        pytest.param("sqlite-unmigrated", id="sqlite-unmigrated"),
+    ],
+)
+def test_a_database_that_cannot_answer_is_503(
+    make_server: ServerFactory, tmp_path: Path, database: str
+) -> None:
+    if database == "sqlite-unmigrated":
+        database = f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+    server = make_server(database_url=database, auto_migrate=False)
+    with httpx.Client(base_url=server.url) as client:
+        for method in ("GET", "HEAD"):
+            response = client.request(method, "/files/abcdefghijklmnopqrstuvwxyz/a.png")
+            assert response.status_code == 503
+            assert response.headers["retry-after"]
+        got = client.get("/files/abcdefghijklmnopqrstuvwxyz")
+        assert got.json()["error"]["code"] == "database_unavailable"
+
+
 # --- storage edge cases, through the service's own storage and database code -------
 
 
