@@ -371,3 +371,31 @@ async def test_presigned_url_in_redirect_mode(s3_bucket: S3Bucket) -> None:
     )
     assert "filename*=UTF-8''r%C3%A9sum%C3%A9%202026.pdf" in response.headers["content-disposition"]
     await storage.aclose()
+
+
+async def test_an_upload_aborted_under_way_is_storage_unavailable(
+    storage: S3Storage, s3_bucket: S3Bucket
+) -> None:
+    key = new_key("swept")
+    writer = await storage.create_writer(key)
+    for data in chunks(PART + 1):
+        await writer.write(data)
+    # Another process's sweep (or an operator) aborts the upload meanwhile.
+    assert await storage.sweep_incomplete(older_than=0) == 1
+    # S3 answers NoSuchUpload (404), moto a 500 (KeyError): 503 to the client either way.
+    with pytest.raises(StorageUnavailable):
+        await writer.commit()
+    await writer.abort()
+    assert s3_bucket.keys() == [] and s3_bucket.incomplete_uploads() == []
+
+
+async def test_no_such_upload_says_the_upload_was_aborted(
+    storage: S3Storage, s3_bucket: S3Bucket
+) -> None:
+    storage.client.meta.events.register("before-send.s3.UploadPart", answer(404, "NoSuchUpload"))
+    with pytest.raises(StorageUnavailable, match="aborted under way"):
+        async with open_writer(storage, new_key("gone")) as writer:
+            for data in chunks(2 * PART + 1):
+                await writer.write(data)
+            await writer.commit()
+    assert s3_bucket.incomplete_uploads() == []

@@ -237,21 +237,27 @@ class S3Storage(Storage):
                 part["ChecksumCRC32"] = response["ChecksumCRC32"]
             return part
 
-        return await self._call(key, send)
+        try:
+            return await self._call(key, send)
+        except ObjectNotFound as exc:  # NoSuchUpload: aborted under way (a sweep, an operator)
+            raise StorageUnavailable("The upload to S3 was aborted under way.") from exc
 
     async def complete_upload(
         self, key: str, upload_id: str, parts: list[CompletedPartTypeDef]
     ) -> None:
         name = self.object_key(key)
-        await self._call(
-            key,
-            lambda: self.complete_client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=name,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            ),
-        )
+        try:
+            await self._call(
+                key,
+                lambda: self.complete_client.complete_multipart_upload(
+                    Bucket=self.bucket,
+                    Key=name,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                ),
+            )
+        except ObjectNotFound as exc:
+            raise StorageUnavailable("The upload to S3 was aborted under way.") from exc
 
     async def put_object(self, key: str, pieces: Pieces) -> None:
         name = self.object_key(key)
