@@ -216,10 +216,11 @@ async def respond(
     return StoredFileResponse(206, headers, body=chunks, content_length=multipart.content_length)
 
 
-@router.get("/files/{file_id}/{name:path}", summary="A stored file, by a readable URL", **_ROUTE)
+# Decorators apply bottom-up: GET, the common case, is registered (and tried) first.
 @router.head(
     "/files/{file_id}/{name:path}", summary="A stored file's headers, by a readable URL", **_ROUTE
 )
+@router.get("/files/{file_id}/{name:path}", summary="A stored file, by a readable URL", **_ROUTE)
 async def serve_named_file(
     request: Request,
     file_id: str,
@@ -231,8 +232,8 @@ async def serve_named_file(
     return await respond(request.scope, file_id, expires, signature)
 
 
-@router.get("/files/{file_id}", summary="A stored file", **_ROUTE)
 @router.head("/files/{file_id}", summary="A stored file's headers", **_ROUTE)
+@router.get("/files/{file_id}", summary="A stored file", **_ROUTE)
 async def serve_file(
     request: Request,
     file_id: str,
