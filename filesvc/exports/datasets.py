@@ -233,8 +233,14 @@ class Catalog:
         if self._datasets is not None and clock.monotonic() < self._stale_at:
             return self._datasets
         async with self._lock:
-            if self._datasets is None or clock.monotonic() >= self._stale_at:
-                self._datasets = await self._load(engine)
+            if self._datasets is None:
+                self._datasets = await self._load(engine)  # fails: not kept, tried again
+            elif clock.monotonic() >= self._stale_at:
+                try:
+                    self._datasets = await self._load(engine)
+                except Exception as exc:  # keep what was found; look again later
+                    self._stale_at = clock.monotonic() + self.missing_retry_seconds
+                    logger.warning("export tables not looked for again: %s", exc)
         return self._datasets
 
     async def get(self, engine: AsyncEngine, name: str) -> Dataset | None:

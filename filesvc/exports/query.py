@@ -39,7 +39,7 @@ OPTIONS = ("columns", "order_by", "limit", "bom", "delimiter", "header", "formul
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "isnull")
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")
-_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_NUMBER = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]{1,4})?")
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 # SQLite keeps datetimes as text in whatever form they were written: both
 # sides of a comparison are brought to one form (UTC, milliseconds) first.
@@ -59,7 +59,6 @@ class ExportQuery:
     delimiter: str = ","
     header: bool = True
     formula_escape: bool = True
-    filters: tuple[str, ...] = ()
 
     def statement(self) -> Select[Any]:
         query = select(*(c.output for c in self.columns)).where(*self.where)
@@ -92,7 +91,6 @@ def parse_query(
     """Check ``params`` against ``dataset``; every problem is a 400 naming the parameter."""
     options: dict[str, str] = {}
     where: list[ColumnElement[bool]] = []
-    filters: list[str] = []
     for key, value in params:
         if len(value) > MAX_VALUE_CHARS:
             raise _invalid(key, f"is longer than {MAX_VALUE_CHARS} characters")
@@ -103,10 +101,9 @@ def parse_query(
                 raise _invalid(key, "is given more than once")
             options[key] = value
             continue
-        if len(filters) == MAX_FILTERS:
+        if len(where) == MAX_FILTERS:
             raise InvalidRequest(f"Too many filters: at most {MAX_FILTERS}.")
         where.append(_filter(dataset, key, value, dialect))
-        filters.append(key)
 
     columns = dataset.columns
     if "columns" in options:
@@ -123,7 +120,6 @@ def parse_query(
         delimiter=_delimiter(options.get("delimiter")),
         header=_flag(options, "header", True),
         formula_escape=_flag(options, "formula_escape", True),
-        filters=tuple(filters),
     )
 
 

@@ -186,6 +186,7 @@ class Exporter:
     def __init__(self, settings: Settings) -> None:
         self.catalog = Catalog(settings.export_tables)
         self.running: set[ExportStream] = set()
+        self._starting = 0
 
     async def open(
         self, engine: AsyncEngine, name: str, params: Sequence[tuple[str, str]]
@@ -195,10 +196,14 @@ class Exporter:
         if dataset is None:
             raise DatasetNotFound(f"There is no dataset named '{name}'.")
         query = parse_query(dataset, params, dialect=engine.dialect.name)
-        if len(self.running) >= self.max_running:
+        if len(self.running) + self._starting >= self.max_running:
             raise ServiceUnavailable(
                 f"{self.max_running} exports are running already; try again shortly."
             )
-        stream = await ExportStream.open(engine, query, on_close=self.running.discard)
+        self._starting += 1  # holds its place while it connects
+        try:
+            stream = await ExportStream.open(engine, query, on_close=self.running.discard)
+        finally:
+            self._starting -= 1
         self.running.add(stream)
         return stream
