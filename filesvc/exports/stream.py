@@ -6,18 +6,20 @@ dataset (404), checks the query (400), connects and starts the statement
 :meth:`ExportStream.chunks` reads the rows from a server-side cursor
 (``AsyncConnection.stream`` with ``yield_per``: asyncpg's cursor on
 PostgreSQL, aiosqlite's stepping cursor on SQLite) a batch at a time. The next
-batch is being read while the current one is formatted and sent, so that the
-database's work (aiosqlite's own thread, or PostgreSQL) overlaps with ours.
+batch is asked for before the current one is formatted and sent, so that what
+can run beside us does (SQLite's stepping, which releases the GIL in
+aiosqlite's thread; PostgreSQL's executor, in its own process). The gain is
+small: building Python rows holds the GIL whichever thread does it.
 
 Batches are sized to give chunks of about :attr:`ExportStream.chunk_bytes`:
 formatting one takes well under a millisecond, so it is done on the event
 loop. Measured on a 1 M-row table, a worker thread per batch cost 5–10 % more
 CPU and gained nothing: formatting is Python code, so it holds the GIL
-wherever it runs, and the hop to the thread is pure overhead. What does run
-apart is gzip: zlib releases the GIL, so compression goes to a worker thread
-and runs beside the formatting of the next batch. 64 KiB chunks measured
-fastest (128 KiB took 35 % more CPU: the batch no longer fits the CPU caches
-that formatting sweeps twice).
+wherever it runs, and the hop to the thread is pure overhead. gzip is the
+exception: zlib releases the GIL, so compression goes to a worker thread and
+the event loop stays free while it runs. 64 KiB chunks measured fastest:
+128 KiB took a third more CPU, and so did reading four chunks' rows at a
+time (the rows and their transposition no longer fit the CPU caches).
 
 A failure after the first chunk propagates: the HTTP layer must then end the
 connection without the final chunk, so that no client takes a truncated file
