@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         "",
         description="SQLAlchemy async URL; empty means `sqlite+aiosqlite:///<data_dir>/filesvc.db`.",
     )
+    database_command_timeout: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds one PostgreSQL statement (or one fetch of an export's cursor) may "
+        "take before it is cancelled.",
+    )
     auto_migrate: bool | None = Field(
         None,
         description="Apply schema migrations at start-up; default: on for SQLite, off otherwise "

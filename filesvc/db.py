@@ -39,7 +39,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=10,
         max_overflow=10,
         pool_timeout=10,
-        connect_args={"timeout": 5, "command_timeout": 60},
+        # command_timeout bounds each fetch of a server-side cursor too: a large
+        # sorted export's first fetch may legitimately take minutes.
+        connect_args={"timeout": 5, "command_timeout": settings.database_command_timeout},
     )
 
 
