@@ -207,6 +207,14 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/") if value else value
 
+    @field_validator("signing_key")
+    @classmethod
+    def _nonempty_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty HMAC key is public knowledge: anyone could sign any URL.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("may not be empty; leave it unset to generate one in development")
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.storage == "s3" and not self.s3_bucket:

@@ -68,6 +68,13 @@ def test_a_bad_setting_stops_start_up_with_one_line_naming_it(
     assert not (tmp_path / "data").exists()  # nothing was started or created
 
 
+def test_an_empty_signing_key_is_refused(tmp_path: Path) -> None:
+    # An empty HMAC key would let anyone sign a URL to any private file.
+    result = filesvc("migrate", "--check", data_dir=tmp_path / "data", FILESVC_SIGNING_KEY="")
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr.startswith("filesvc: invalid setting FILESVC_SIGNING_KEY: ")
+
+
 def test_migrate_check_then_migrate(tmp_path: Path) -> None:
     data = tmp_path / "data"
     behind = filesvc("migrate", "--check", data_dir=data)
