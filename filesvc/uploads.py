@@ -136,7 +136,8 @@ class FileReceiver:
                 except BaseException:
                     pass
             if self._probe is not None and exc_info[0] is not None:
-                self._probe.abandon()
+                # abandon() may wait for room in the decoder's queue: not on the event loop.
+                await anyio.to_thread.run_sync(self._probe.abandon)
             await self._stack.aclose()
 
     async def feed(self, data: bytes | memoryview) -> None:
