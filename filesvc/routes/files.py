@@ -15,7 +15,7 @@ from filesvc.deps import ResourcesDep, SessionDep, SettingsDep
 from filesvc.errors import InvalidRequest
 from filesvc.models import StoredFile
 from filesvc.schemas import ErrorBody, FileBatch, FileList, FileOut, IsoDatetime, Visibility
-from filesvc.uploads import ReceivedFile, discard, receive_multipart, receive_raw
+from filesvc.uploads import ReceivedFile, UploadForm, discard, receive_multipart, receive_raw
 
 router = APIRouter(prefix="/files", tags=["files"])
 
@@ -91,6 +91,19 @@ async def _record(
         raise
 
 
+async def _form_visibility(
+    resources: ResourcesDep, form: UploadForm, default: str | None = None
+) -> str:
+    """The form's visibility once it is known to hold a file; otherwise its files go."""
+    try:
+        if not form.files:
+            raise InvalidRequest("The form has no part named 'file'.")
+        return _visibility(form.fields.get("visibility", default))
+    except BaseException:
+        await discard(resources.storage, form.files)
+        raise
+
+
 def _is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").lower().startswith("multipart/")
 
@@ -121,13 +134,7 @@ async def upload_file(
     settings = resources.settings
     if _is_multipart(request):
         form = await receive_multipart(request, settings, resources.storage, max_files=1)
-        try:
-            if not form.files:
-                raise InvalidRequest("The form has no part named 'file'.")
-            chosen = _visibility(form.fields.get("visibility", visibility))
-        except BaseException:
-            await discard(resources.storage, form.files)
-            raise
+        chosen = await _form_visibility(resources, form, visibility)
         received = form.files
     else:
         received = [await receive_raw(request, settings, resources.storage, filename=filename)]
@@ -158,13 +165,7 @@ async def upload_batch(request: Request, resources: ResourcesDep) -> FileBatch:
     form = await receive_multipart(
         request, settings, resources.storage, max_files=settings.max_batch_files
     )
-    try:
-        if not form.files:
-            raise InvalidRequest("The form has no part named 'file'.")
-        chosen = _visibility(form.fields.get("visibility"))
-    except BaseException:
-        await discard(resources.storage, form.files)
-        raise
+    chosen = await _form_visibility(resources, form)
     rows = await _record(resources, form.files, chosen)
     return FileBatch(files=[file_out(settings, row) for row in rows])
 
