@@ -11,7 +11,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -95,16 +96,7 @@ def _migrate(args: argparse.Namespace) -> int:
         finally:
             await engine.dispose()
 
-    try:
-        return asyncio.run(run())
-    except (OSError, ConnectionError) as exc:
-        print(f"filesvc: database unreachable: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except Exception as exc:
-        if type(exc).__module__.startswith("sqlalchemy"):
-            print(f"filesvc: database error: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        raise
+    return _run(run)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -144,11 +136,26 @@ def _check(args: argparse.Namespace) -> int:
             return EXIT_OK
         return EXIT_OK if report.clean else EXIT_FAILED
 
+    return _run(run)
+
+
+def _run(command: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a command's coroutine; a database or storage failure is one line and exit 1."""
+    from filesvc.errors import FilesvcError
+
     try:
-        return asyncio.run(run())
+        return asyncio.run(command())
     except (OSError, ConnectionError) as exc:
         print(f"filesvc: database unreachable: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except FilesvcError as exc:  # e.g. the storage is unavailable
+        print(f"filesvc: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:
+        if type(exc).__module__.startswith("sqlalchemy"):
+            print(f"filesvc: database error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -75,6 +75,15 @@ def test_an_empty_signing_key_is_refused(tmp_path: Path) -> None:
     assert result.stderr.startswith("filesvc: invalid setting FILESVC_SIGNING_KEY: ")
 
 
+def test_check_of_a_database_without_the_schema_exits_1_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    result = filesvc("check", data_dir=tmp_path / "data")
+    assert result.returncode == EXIT_FAILED
+    assert result.stderr.startswith("filesvc: database error: ")
+    assert "Traceback" not in result.stderr
+
+
 def test_migrate_check_then_migrate(tmp_path: Path) -> None:
     data = tmp_path / "data"
     behind = filesvc("migrate", "--check", data_dir=data)
