@@ -34,10 +34,6 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
-def get_storage(resources: Annotated[Resources, Depends(get_resources)]) -> Storage:
-    return resources.storage
-
-
 async def get_session(
     resources: Annotated[Resources, Depends(get_resources)],
 ) -> AsyncIterator[AsyncSession]:
@@ -47,5 +43,4 @@ async def get_session(
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-StorageDep = Annotated[Storage, Depends(get_storage)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
