@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -13,11 +12,8 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from filesvc.errors import FileNotFound, InvalidRequest
-from filesvc.models import StoredFile
+from filesvc.models import FILE_ID, StoredFile
 from filesvc.uploads import ReceivedFile
-
-#: What an id can look like (ours are 26 characters of base32).
-_FILE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 async def add_files(
@@ -46,7 +42,7 @@ async def add_files(
 
 
 async def get_file(session: AsyncSession, file_id: str) -> StoredFile:
-    if not _FILE_ID.fullmatch(file_id):  # never a query for what cannot be an id
+    if not FILE_ID.fullmatch(file_id):  # never a query for what cannot be an id
         raise FileNotFound()
     row = await session.get(StoredFile, file_id)
     if row is None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, Index, Integer, MetaData, String, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: What a file id can look like (ours are 26 characters of base32; the column holds 32).
+FILE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 class UTCDateTime(TypeDecorator[datetime]):

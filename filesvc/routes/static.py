@@ -8,7 +8,6 @@ deleted file is gone from every worker at once. Static URLs need no API key.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 from filesvc.deps import Resources
 from filesvc.errors import FileNotFound, SignatureRequired
 from filesvc.lookup import FileLookup, create_lookup
+from filesvc.models import FILE_ID
 from filesvc.schemas import ErrorBody
 from filesvc.serving import (
     PRIVATE_CACHE_CONTROL,
@@ -46,8 +46,6 @@ REDIRECT_URL_SECONDS = 3600
 REDIRECT_CACHE_SECONDS = 300
 #: Longest lifetime S3 accepts for a presigned URL.
 MAX_PRESIGNED_SECONDS = 7 * 24 * 3600
-#: Ids are generated URL-safe strings; anything else is unknown without asking the database.
-_FILE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 ExpiresQuery = Annotated[str | None, Query(description="Expiry (Unix seconds) of a signed URL.")]
 SignatureQuery = Annotated[str | None, Query(description="HMAC-SHA256 signature of a signed URL.")]
@@ -160,7 +158,7 @@ async def respond(
     signed = expires is not None or signature is not None
     if signed:  # checked before the database: a bad signature costs no query
         verify(resources.signing_key, file_id, expires, signature)
-    if not _FILE_ID.fullmatch(file_id):
+    if not FILE_ID.fullmatch(file_id):  # unknown without asking the database
         raise FileNotFound()
     row = await lookup.get(file_id)
     if row is None:
