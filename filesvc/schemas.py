@@ -67,3 +67,8 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` documenting the JSON error body for each status."""
+    return {status: {"model": ErrorBody} for status in statuses}

@@ -14,7 +14,14 @@ from filesvc.config import Settings
 from filesvc.deps import ResourcesDep, SessionDep, SettingsDep
 from filesvc.errors import InvalidRequest
 from filesvc.models import StoredFile
-from filesvc.schemas import ErrorBody, FileBatch, FileList, FileOut, IsoDatetime, Visibility
+from filesvc.schemas import (
+    FileBatch,
+    FileList,
+    FileOut,
+    IsoDatetime,
+    Visibility,
+    error_responses,
+)
 from filesvc.uploads import ReceivedFile, UploadForm, discard, receive_multipart, receive_raw
 
 router = APIRouter(prefix="/files", tags=["files"])
@@ -43,11 +50,7 @@ def file_out(settings: Settings, row: StoredFile) -> FileOut:
     )
 
 
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorBody} for status in statuses}
-
-
-_UPLOAD_ERRORS = _errors(400, 401, 403, 408, 413, 415, 422, 503, 507)
+_UPLOAD_ERRORS = error_responses(400, 401, 403, 408, 413, 415, 422, 503, 507)
 
 
 def _upload_body(batch: bool) -> dict[str, Any]:
@@ -175,7 +178,7 @@ async def upload_batch(request: Request, resources: ResourcesDep) -> FileBatch:
     response_model=FileList,
     summary="List files, newest first",
     dependencies=[require("files:read")],
-    responses=_errors(400, 401, 403, 503),
+    responses=error_responses(400, 401, 403, 503),
 )
 async def list_files(
     session: SessionDep,
@@ -207,7 +210,7 @@ async def list_files(
     response_model=FileOut,
     summary="One file's metadata",
     dependencies=[require("files:read")],
-    responses=_errors(401, 403, 404, 503),
+    responses=error_responses(401, 403, 404, 503),
 )
 async def get_file(file_id: str, session: SessionDep, settings: SettingsDep) -> FileOut:
     return file_out(settings, await crud.get_file(session, file_id))
@@ -218,7 +221,7 @@ async def get_file(file_id: str, session: SessionDep, settings: SettingsDep) -> 
     status_code=204,
     summary="Delete a file and its bytes",
     dependencies=[require("files:write")],
-    responses=_errors(401, 403, 404, 503),
+    responses=error_responses(401, 403, 404, 503),
 )
 async def delete_file(file_id: str, session: SessionDep, resources: ResourcesDep) -> Response:
     row = await crud.get_file(session, file_id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 
@@ -13,7 +13,7 @@ from filesvc import crud
 from filesvc.auth import require
 from filesvc.deps import ResourcesDep, SessionDep
 from filesvc.routes.files import file_url
-from filesvc.schemas import ErrorBody, SignedUrl
+from filesvc.schemas import SignedUrl, error_responses
 from filesvc.signing import signature
 
 router = APIRouter(prefix="/files", tags=["files"])
@@ -23,10 +23,6 @@ DEFAULT_SIGNED_URL_SECONDS = 3600
 #: Longest lifetime of a signed URL: a week, as for S3 presigned URLs.
 MAX_SIGNED_URL_SECONDS = 7 * 24 * 3600
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody} for status in (400, 401, 403, 404, 503)
-}
-
 
 @router.post(
     "/{file_id}/signed-url",
@@ -35,7 +31,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     description="The file's static URL with `expires` and an HMAC-SHA256 `signature` over the "
     "id and the expiry. Private files are only served through such URLs; public ones accept "
     "them too. Absolute when `FILESVC_PUBLIC_BASE_URL` is set.",
-    responses=_ERRORS,
+    responses=error_responses(400, 401, 403, 404, 503),
     dependencies=[require("files:read")],
 )
 async def create_signed_url(
