@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import time
+from pathlib import Path
 
 from filesvc.config import Settings
 from filesvc.errors import InvalidSignature
@@ -24,7 +25,7 @@ def load_signing_key(settings: Settings) -> bytes:
         return settings.signing_key.get_secret_value().encode()
     path = settings.data_dir / KEY_FILE
     try:
-        return path.read_bytes().strip()
+        return _read_key(path)
     except FileNotFoundError:
         pass
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -32,10 +33,19 @@ def load_signing_key(settings: Settings) -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another worker won the race
-        return path.read_bytes().strip()
+        return _read_key(path)
     with os.fdopen(fd, "wb") as file:
         file.write(key)
     logger.warning("FILESVC_SIGNING_KEY is not set: generated one in %s", path)
+    return key
+
+
+def _read_key(path: Path) -> bytes:
+    key = path.read_bytes().strip()
+    if not key:
+        # Left by a crash between creating and writing it, or being written right
+        # now: an empty HMAC key would let anyone sign any URL.
+        raise RuntimeError(f"the signing key file {path} is empty; delete it to generate one")
     return key
 
 
