@@ -402,6 +402,10 @@ def test_created_filters(client: httpx.Client) -> None:
         {"cursor": "not-a-cursor"},
         {"created_after": "yesterday"},
         {"created_after": "2026-01-01T00:00:00"},
+        # Valid, but before year 1 or after 9999 once in UTC.
+        {"created_after": "0001-01-01T00:00:00+14:00"},
+        {"created_before": "9999-12-31T23:59:59-14:00"},
+        {"cursor": "WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzE0OjAwIiwgImEiXQ"},
     ],
 )
 def test_bad_list_query_is_400(client: httpx.Client, params: dict[str, str]) -> None:

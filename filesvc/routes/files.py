@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -107,6 +108,18 @@ async def _form_visibility(
         raise
 
 
+def _utc(moment: datetime | None) -> datetime | None:
+    """A query bound in UTC: it needs a zone, and must stay within years 1 to 9999 in UTC."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        raise InvalidRequest("Timestamps need a time zone, e.g. 2026-01-01T00:00:00Z.")
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+14:00
+        raise InvalidRequest("A timestamp is out of range once converted to UTC.") from exc
+
+
 def _is_multipart(request: Request) -> bool:
     return request.headers.get("content-type", "").lower().startswith("multipart/")
 
@@ -191,16 +204,13 @@ async def list_files(
     created_after: IsoDatetime | None = None,
     created_before: IsoDatetime | None = None,
 ) -> FileList:
-    for moment in (created_after, created_before):
-        if moment is not None and moment.tzinfo is None:
-            raise InvalidRequest("Timestamps need a time zone, e.g. 2026-01-01T00:00:00Z.")
     rows, next_cursor = await crud.list_files(
         session,
         limit=limit,
         cursor=cursor,
         content_type=content_type,
-        created_after=created_after,
-        created_before=created_before,
+        created_after=_utc(created_after),
+        created_before=_utc(created_before),
     )
     return FileList(items=[file_out(settings, row) for row in rows], next_cursor=next_cursor)
 
