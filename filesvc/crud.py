@@ -19,7 +19,11 @@ from filesvc.uploads import ReceivedFile
 async def add_files(
     session: AsyncSession, received: Sequence[ReceivedFile], visibility: str
 ) -> list[StoredFile]:
-    """Record committed files in one transaction: all rows or none."""
+    """Record committed files in one transaction: all rows or none.
+
+    Raises :class:`CommitOutcomeUnknown` when the failure struck during the
+    commit itself, whose answer may have been lost after it took effect.
+    """
     now = datetime.now(UTC)
     rows = [
         StoredFile(
@@ -37,8 +41,22 @@ async def add_files(
         for r in received
     ]
     session.add_all(rows)
-    await session.commit()
+    await session.flush()
+    try:
+        await session.commit()
+    except Exception as exc:
+        raise CommitOutcomeUnknown() from exc
     return rows
+
+
+class CommitOutcomeUnknown(Exception):
+    """A commit failed in flight: its rows may or may not exist."""
+
+
+async def existing_ids(session: AsyncSession, ids: Sequence[str]) -> set[str]:
+    """Which of ``ids`` have a row."""
+    rows = await session.scalars(select(StoredFile.id).where(StoredFile.id.in_(ids)))
+    return set(rows)
 
 
 async def get_file(session: AsyncSession, file_id: str) -> StoredFile:

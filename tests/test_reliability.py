@@ -250,3 +250,26 @@ def test_in_thread_server_reports_nothing_left_after_refusals(server: LiveServer
     part.parent.mkdir(parents=True)
     part.write_bytes(b"partial")
     assert server.stored_objects() == ["ab/cd/.x.1234.part"]
+
+
+@pytest.mark.parametrize("landed", [False, True], ids=["before-commit", "after-commit"])
+def test_a_commit_failing_in_flight_never_removes_bytes_under_a_row(
+    sqlite_only: None, server: LiveServer, client: httpx.Client, landed: bool
+) -> None:
+    """A commit whose answer is lost may have landed: bytes go only if the row did not."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    def lose_the_answer(session: Session) -> None:
+        raise RuntimeError("the commit's answer was lost")
+
+    hook = "after_commit" if landed else "before_commit"
+    event.listen(Session, hook, lose_the_answer)
+    try:
+        response = client.post("/api/v1/files", files={"file": ("a.png", make_image())})
+    finally:
+        event.remove(Session, hook, lose_the_answer)
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert server.row_count() == (1 if landed else 0)
+    assert len(server.stored_objects()) == (1 if landed else 0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import anyio
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -24,6 +26,8 @@ from filesvc.schemas import (
     error_responses,
 )
 from filesvc.uploads import ReceivedFile, UploadForm, discard, receive_multipart, receive_raw
+
+logger = logging.getLogger("filesvc")
 
 router = APIRouter(prefix="/files", tags=["files"])
 
@@ -86,10 +90,27 @@ def _visibility(value: str | None) -> str:
 async def _record(
     resources: ResourcesDep, received: list[ReceivedFile], visibility: str
 ) -> list[StoredFile]:
-    """Write the rows of committed files; on any failure their bytes go too."""
+    """Write the rows of committed files; on any failure their bytes go too.
+
+    Except when a commit fails in flight: it may have landed before its answer
+    was lost, so bytes are removed only for rows known to be absent, and kept
+    for `filesvc check` when that cannot be known. Bytes never vanish under a row.
+    """
     try:
         async with resources.sessions() as session:
             return await crud.add_files(session, received, visibility)
+    except crud.CommitOutcomeUnknown as exc:
+        with anyio.CancelScope(shield=True):
+            try:
+                async with resources.sessions() as session:
+                    present = await crud.existing_ids(session, [r.id for r in received])
+            except Exception:
+                logger.warning("a commit failed in flight and cannot be checked: bytes kept")
+                present = {r.id for r in received}
+            await discard(resources.storage, [r for r in received if r.id not in present])
+        if exc.__cause__ is not None:
+            raise exc.__cause__ from None
+        raise
     except BaseException:
         await discard(resources.storage, received)
         raise
