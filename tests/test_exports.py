@@ -711,3 +711,11 @@ def _answers(http: httpx.Client) -> bool:
         return http.get("/healthz").status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_a_date_with_no_utc_value_is_400(client: httpx.Client) -> None:
+    response = client.get(
+        "/api/v1/exports/files.csv", params={"created_at__gt": "0001-01-01T00:00:00+14:00"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_request"

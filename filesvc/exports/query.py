@@ -284,14 +284,23 @@ def _parser(column: DatasetColumn, key: str, dialect: str) -> Callable[[str], An
 def _moment(value: datetime, column: DatasetColumn, key: str, dialect: str) -> Any:
     if column.aware and value.tzinfo is None:
         raise _invalid(key, "needs a time zone, e.g. 2026-01-01T00:00:00Z")
+    try:
+        return _moment_for(value, column, dialect)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+14:00 has no UTC value
+        raise _invalid(key, "is outside the range of dates") from exc
+
+
+def _moment_for(value: datetime, column: DatasetColumn, dialect: str) -> Any:
     if dialect == "sqlite":
         # Naive values (and naive stored text) mean UTC, as SQLite's own functions read them.
         if value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)
         return value.isoformat(sep=" ")
-    if not column.aware and value.tzinfo is not None:
-        return value.astimezone(UTC).replace(tzinfo=None)
-    return value
+    if value.tzinfo is None:
+        return value
+    # In UTC here, so that a moment with no UTC value fails here, not in the driver.
+    utc = value.astimezone(UTC)
+    return utc if column.aware else utc.replace(tzinfo=None)
 
 
 def _integer(text: str) -> int:
