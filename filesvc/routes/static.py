@@ -169,7 +169,8 @@ async def respond(
     representation = Representation.of(
         size=row.size, content_type=row.content_type, sha256=row.sha256, created_at=row.created_at
     )
-    cache_control = PUBLIC_CACHE_CONTROL if public else PRIVATE_CACHE_CONTROL
+    # A signed URL expires: no shared cache may keep its answer (SPEC: `private`).
+    cache_control = PUBLIC_CACHE_CONTROL if public and not signed else PRIVATE_CACHE_CONTROL
     method = scope["method"]
     selection = select(method, Conditions.from_raw(scope["headers"]), representation)
     if selection.status == 304:
