@@ -19,7 +19,7 @@ from filesvc.deps import ResourcesDep
 from filesvc.exports import Exporter, ExportStream, parse_query_string
 from filesvc.exports.query import MAX_FILTERS, OPERATORS
 from filesvc.metrics import Metrics, get_metrics
-from filesvc.schemas import ErrorBody
+from filesvc.schemas import error_responses
 
 logger = logging.getLogger("filesvc.exports")
 
@@ -53,10 +53,6 @@ def get_exporter(request: Request) -> Exporter:
 
 
 ExporterDep = Annotated[Exporter, Depends(get_exporter)]
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {status: {"model": ErrorBody} for status in statuses}
 
 
 def accepts_gzip(accept_encoding: str) -> bool:
@@ -195,7 +191,7 @@ connection without the final chunk. `Accept-Encoding: gzip` gets a gzip-coded st
     "",
     response_model=DatasetList,
     summary="List the export datasets",
-    responses=_errors(503),
+    responses=error_responses(503),
 )
 async def list_datasets(resources: ResourcesDep, exporter: ExporterDep) -> DatasetList:
     datasets = await exporter.catalog.datasets(resources.engine)
@@ -222,7 +218,7 @@ async def list_datasets(resources: ResourcesDep, exporter: ExporterDep) -> Datas
             "description": "The CSV, streamed (chunked).",
             "content": {"text/csv": {"schema": {"type": "string"}}},
         },
-        **_errors(400, 404, 503),
+        **error_responses(400, 404, 503),
     },
     openapi_extra={"parameters": _CSV_PARAMETERS},
 )
