@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +17,18 @@ from filesvc import __version__, auth
 from filesvc.config import Settings
 from filesvc.db import create_engine, create_session_factory, migrate
 from filesvc.deps import Resources
-from filesvc.errors import install_error_handlers
+from filesvc.handlers import install_error_handlers
+from filesvc.keys import KeyRing
+from filesvc.lookup import create_lookup
 from filesvc.metrics import Metrics, release_process
 from filesvc.middleware import RequestMiddleware
 from filesvc.origins import install_origins
+from filesvc.pipeline import UploadPipeline
 from filesvc.routes import exports, files, health, signed_urls
 from filesvc.routes import metrics as metrics_routes
 from filesvc.routes import static as static_urls
 from filesvc.signing import load_signing_key
-from filesvc.storage import create_storage
+from filesvc.storage import Storage, create_storage
 
 logger = logging.getLogger("filesvc")
 
@@ -48,47 +51,60 @@ def static_dir() -> Path:
     return here.parent / "static"
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    auth.warn_if_open(settings)
-    engine = create_engine(settings)
-    storage = create_storage(settings)
+def _lifespan(
+    settings: Settings, metrics: Metrics
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        """The one owner of every long-lived object: built here, closed here."""
+        auth.warn_if_open(settings)
+        async with AsyncExitStack() as stack:
+            engine = create_engine(settings)
+            stack.push_async_callback(engine.dispose)
+            storage = create_storage(settings)
+            stack.push_async_callback(storage.aclose)
+            stack.callback(release_process)
+            if settings.should_auto_migrate:
+                await migrate(engine)
+            await _sweep(storage, settings)
+            sessions = create_session_factory(engine)
+            lookup = create_lookup(settings, engine)
+            stack.push_async_callback(lookup.aclose)
+            app.state.resources = Resources(
+                settings=settings,
+                engine=engine,
+                sessions=sessions,
+                storage=storage,
+                signing_key=load_signing_key(settings),
+                keyring=KeyRing.from_settings(settings),
+                metrics=metrics,
+                lookup=lookup,
+                uploads=UploadPipeline(settings, storage, sessions),
+            )
+            yield
+
+    return lifespan
+
+
+async def _sweep(storage: Storage, settings: Settings) -> None:
     try:
-        if settings.should_auto_migrate:
-            await migrate(engine)
-        try:
-            swept = await storage.sweep_incomplete(settings.incomplete_upload_grace)
-            if swept:
-                logger.info("swept %d unfinished uploads left by an earlier run", swept)
-        except Exception as exc:  # storage may be down at start-up; serve 503s meanwhile
-            logger.warning("could not sweep unfinished uploads: %s", exc)
-        app.state.resources = Resources(
-            settings=settings,
-            engine=engine,
-            sessions=create_session_factory(engine),
-            storage=storage,
-            signing_key=load_signing_key(settings),
-        )
-        yield
-    finally:
-        await storage.aclose()
-        await engine.dispose()
-        release_process()
+        swept = await storage.sweep_incomplete(settings.incomplete_upload_grace)
+        if swept:
+            logger.info("swept %d unfinished uploads left by an earlier run", swept)
+    except Exception as exc:  # storage may be down at start-up; serve 503s meanwhile
+        logger.warning("could not sweep unfinished uploads: %s", exc)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    metrics = Metrics()
     app = FastAPI(
         title="filesvc",
         version=__version__,
         summary="File uploads to local disk or S3, stable static URLs, streamed CSV exports.",
-        lifespan=lifespan,
+        lifespan=_lifespan(settings, metrics),
     )
-    app.state.settings = settings
-    app.state.metrics = Metrics()
     install_error_handlers(app)
-    auth.install_keyring(app, settings)
     # Every /api route goes into this router: it needs a key and a declared scope.
     # Static URLs are the hottest routes, and routes are tried in order.
     app.include_router(static_urls.router)
@@ -110,5 +126,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_origins(app, settings)
     auth.check_routes(app)
     # Added last, so outermost: request id, access log and metrics cover every answer.
-    app.add_middleware(RequestMiddleware, router=app.router, metrics=app.state.metrics)
+    app.add_middleware(RequestMiddleware, router=app.router, metrics=metrics)
     return app

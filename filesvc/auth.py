@@ -19,11 +19,9 @@ scope) and says so loudly at start-up.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Security
@@ -36,14 +34,14 @@ from fastapi.security import (
 )
 
 from filesvc.config import SCOPES, Settings
+from filesvc.deps import get_resources
 from filesvc.errors import Forbidden, Unauthorized
+from filesvc.keys import OPEN, Principal, key_digest
 from filesvc.routemap import effective_routes
 from filesvc.schemas import ErrorBody
 
 logger = logging.getLogger("filesvc")
 
-#: The scope that implies every other one.
-ADMIN: Final = "admin"
 #: Where the routes that need a key live.
 API_PREFIX: Final = "/api/v1"
 API_KEY_HEADER: Final = "X-API-Key"
@@ -62,52 +60,6 @@ api_key_scheme = APIKeyHeader(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: a key (by fingerprint, never the key itself) and its scopes."""
-
-    key_id: str | None
-    scopes: frozenset[str]
-
-    def allows(self, scope: str) -> bool:
-        return ADMIN in self.scopes or scope in self.scopes
-
-
-#: The caller when no keys are configured.
-OPEN: Final = Principal(key_id=None, scopes=frozenset({ADMIN}))
-
-
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
-
-
-class KeyRing:
-    """The configured keys as digests; :meth:`lookup` takes the same time for any input."""
-
-    def __init__(self, api_keys: dict[str, list[str]]) -> None:
-        unknown = {s for scopes in api_keys.values() for s in scopes} - set(SCOPES)
-        if unknown:
-            raise ValueError(f"unknown scopes: {', '.join(sorted(unknown))}")
-        self._entries = [(_digest(key), frozenset(scopes)) for key, scopes in api_keys.items()]
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> KeyRing:
-        return cls(settings.api_keys)
-
-    @property
-    def is_open(self) -> bool:
-        return not self._entries
-
-    def lookup(self, presented: str) -> Principal | None:
-        digest = _digest(presented)
-        found: Principal | None = None
-        for stored, scopes in self._entries:
-            # Every key is compared, whatever matched before: no early exit.
-            if hmac.compare_digest(stored, digest) and found is None:
-                found = Principal(key_id=stored.hex()[:12], scopes=scopes)
-        return found
-
-
 def warn_if_open(settings: Settings) -> None:
     """The loud start-up line of a service without keys."""
     if not settings.api_keys:
@@ -117,10 +69,6 @@ def warn_if_open(settings: Settings) -> None:
             "read every export. Configure keys before exposing it.",
             API_PREFIX,
         )
-
-
-def install_keyring(app: FastAPI, settings: Settings) -> None:
-    app.state.keyring = KeyRing.from_settings(settings)
 
 
 def _presented_key(bearer: HTTPAuthorizationCredentials | None, api_key: str | None) -> str:
@@ -134,7 +82,7 @@ def _presented_key(bearer: HTTPAuthorizationCredentials | None, api_key: str | N
     if (
         token is not None
         and api_key is not None
-        and not hmac.compare_digest(_digest(token), _digest(api_key))
+        and not hmac.compare_digest(key_digest(token), key_digest(api_key))
     ):
         raise Unauthorized(
             f"The Authorization and {API_KEY_HEADER} headers carry different keys.",
@@ -154,7 +102,7 @@ async def authorize(
     """The caller, if its key holds every scope the route declares; else 401 or 403."""
     if not security_scopes.scopes:
         raise Forbidden("This route declares no scope, so no key may use it.")
-    keyring: KeyRing = request.app.state.keyring
+    keyring = get_resources(request).keyring
     if keyring.is_open:
         principal = OPEN
     else:
@@ -198,23 +146,6 @@ def declared_scopes(route: Any) -> list[str]:
         for sub in _auth_dependants(dependant):
             scopes += [s for s in sub.own_oauth_scopes or [] if s not in scopes]
     return scopes
-
-
-@dataclass(frozen=True, slots=True)
-class ApiRoute:
-    method: str
-    path: str
-    scopes: tuple[str, ...]
-
-
-def api_routes(app: FastAPI) -> list[ApiRoute]:
-    """Each method and path under ``/api/`` with the scopes it declares."""
-    return [
-        ApiRoute(method, route.path, tuple(declared_scopes(route)))
-        for route in effective_routes(app)
-        if (getattr(route, "path", None) or "").startswith("/api/")
-        for method in sorted(getattr(route, "methods", None) or ())
-    ]
 
 
 async def _guard(request: Request) -> None:

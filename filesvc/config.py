@@ -14,8 +14,17 @@ from filesvc.sniffing import DETECTABLE_TYPES
 
 MiB = 1024 * 1024
 
-#: Scopes an API key may carry; ``admin`` implies every other one.
-SCOPES = ("files:write", "files:read", "exports:read", "admin")
+#: The scope that implies every other one.
+ADMIN = "admin"
+#: Scopes an API key may carry.
+SCOPES = ("files:write", "files:read", "exports:read", ADMIN)
+
+
+def check_scopes(scopes: list[str]) -> None:
+    """Refuse scopes this service does not know: a typo would silently grant nothing."""
+    bad = sorted(set(scopes) - set(SCOPES))
+    if bad:
+        raise ValueError(f"unknown scope {', '.join(bad)}; known: {', '.join(SCOPES)}")
 
 
 def _split_list(value: Any) -> Any:
@@ -179,9 +188,7 @@ class Settings(BaseSettings):
         for key, scopes in value.items():
             if not key:
                 raise ValueError("an API key may not be empty")
-            bad = sorted(set(scopes) - set(SCOPES))
-            if bad:
-                raise ValueError(f"unknown scope {', '.join(bad)}; known: {', '.join(SCOPES)}")
+            check_scopes(scopes)
         return value
 
     @field_validator("cors_origins")

@@ -13,40 +13,22 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from filesvc.errors import FileNotFound, InvalidRequest
 from filesvc.models import FILE_ID, StoredFile
-from filesvc.uploads import ReceivedFile
 
 
-async def add_files(
-    session: AsyncSession, received: Sequence[ReceivedFile], visibility: str
-) -> list[StoredFile]:
+async def add_files(session: AsyncSession, rows: Sequence[StoredFile]) -> list[StoredFile]:
     """Record committed files in one transaction: all rows or none.
 
-    Raises :class:`CommitOutcomeUnknown` when the failure struck during the
-    commit itself, whose answer may have been lost after it took effect.
+    Raises :class:`CommitOutcomeUnknown` when the failure (or a cancellation)
+    struck during the commit itself, whose answer may have been lost after it
+    took effect.
     """
-    now = datetime.now(UTC)
-    rows = [
-        StoredFile(
-            id=r.id,
-            storage_key=r.key,
-            filename=r.filename,
-            content_type=r.content_type,
-            size=r.size,
-            sha256=r.sha256,
-            width=r.width,
-            height=r.height,
-            visibility=visibility,
-            created_at=now,
-        )
-        for r in received
-    ]
     session.add_all(rows)
     await session.flush()
     try:
         await session.commit()
-    except Exception as exc:
+    except BaseException as exc:
         raise CommitOutcomeUnknown() from exc
-    return rows
+    return list(rows)
 
 
 class CommitOutcomeUnknown(Exception):

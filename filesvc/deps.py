@@ -1,4 +1,4 @@
-"""Annotated dependencies: what route handlers receive, taken from app state."""
+"""The resources the lifespan owns, and the Annotated dependencies that hand them out."""
 
 from __future__ import annotations
 
@@ -10,18 +10,26 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from filesvc.config import Settings
+from filesvc.keys import KeyRing
+from filesvc.lookup import FileLookup
+from filesvc.metrics import Metrics
+from filesvc.pipeline import UploadPipeline
 from filesvc.storage import Storage
 
 
 @dataclass(slots=True)
 class Resources:
-    """What the lifespan owns: created at start-up, closed at shutdown."""
+    """Every long-lived object of one app: built once by the lifespan, closed at shutdown."""
 
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
     storage: Storage
     signing_key: bytes
+    keyring: KeyRing
+    metrics: Metrics
+    lookup: FileLookup
+    uploads: UploadPipeline
 
 
 def get_resources(request: Request) -> Resources:
@@ -30,8 +38,7 @@ def get_resources(request: Request) -> Resources:
 
 
 def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return get_resources(request).settings
 
 
 async def get_session(

@@ -1,6 +1,6 @@
 """Prometheus metrics: what they are, and how they are collected.
 
-Each app gets its own :class:`Metrics` on its own registry (``app.state.metrics``),
+Each app gets its own :class:`Metrics` on its own registry (held by the app's ``Resources``),
 so that many apps in one process (the tests) never collide and each starts at
 zero. Under ``filesvc serve --workers N`` every worker writes its values to
 files in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode,
@@ -33,7 +33,6 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from starlette.requests import HTTPConnection
 
 #: Environment variable that switches prometheus-client to multiprocess mode.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -144,12 +143,6 @@ class Metrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
         return encoder(registry), content_type
-
-
-def get_metrics(connection: HTTPConnection) -> Metrics:
-    """The metrics of the app serving this request (a FastAPI dependency)."""
-    metrics: Metrics = connection.app.state.metrics
-    return metrics
 
 
 def prepare_multiprocess_dir(path: Path) -> None:

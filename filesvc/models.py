@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import BigInteger, DateTime, Index, Integer, MetaData, String, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+Visibility = Literal["public", "private"]
+#: Who may fetch a file's static URL: anyone, or holders of a signed URL.
+VISIBILITIES: tuple[str, ...] = get_args(Visibility)
 
 #: What a file id can look like (ours are 26 characters of base32; the column holds 32).
 FILE_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, Field, field_serializer
+from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer
 
-Visibility = Literal["public", "private"]
+from filesvc.models import Visibility
 
 
 def _iso_8601_text(value: Any) -> Any:
@@ -21,6 +21,12 @@ def _iso_8601_text(value: Any) -> Any:
 #: A query or form date-time: ISO 8601 text only.
 IsoDatetime = Annotated[datetime, BeforeValidator(_iso_8601_text)]
 
+#: A UTC date-time written as ISO 8601 with ``Z``, as every answer writes them.
+ZuluDatetime = Annotated[
+    datetime,
+    PlainSerializer(lambda value: value.isoformat().replace("+00:00", "Z"), return_type=str),
+]
+
 
 class FileOut(BaseModel):
     id: str = Field(description="Opaque URL-safe id; never begins with - = + or @.")
@@ -31,12 +37,13 @@ class FileOut(BaseModel):
     width: int | None = Field(description="Pixels, for images.")
     height: int | None = Field(description="Pixels, for images.")
     visibility: Visibility
-    created_at: datetime
+    created_at: ZuluDatetime
     url: str = Field(description="The file's static URL.")
 
-    @field_serializer("created_at")
-    def _zulu(self, value: datetime) -> str:
-        return value.isoformat().replace("+00:00", "Z")
+    @classmethod
+    def row_fields(cls) -> tuple[str, ...]:
+        """The fields read straight off a file's row: every one but ``url``."""
+        return tuple(name for name in cls.model_fields if name != "url")
 
 
 class FileList(BaseModel):
@@ -52,11 +59,7 @@ class FileBatch(BaseModel):
 
 class SignedUrl(BaseModel):
     url: str
-    expires_at: datetime
-
-    @field_serializer("expires_at")
-    def _zulu(self, value: datetime) -> str:
-        return value.isoformat().replace("+00:00", "Z")
+    expires_at: ZuluDatetime
 
 
 class ErrorDetail(BaseModel):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -14,9 +16,29 @@ from fastapi import FastAPI
 from filesvc import auth
 from filesvc.app import create_app
 from filesvc.config import SCOPES, Settings
+from filesvc.keys import KeyRing
+from filesvc.routemap import effective_routes
 from tests.conftest import ServerFactory
 from tests.images import make_image
 from tests.servers import LiveServer
+
+
+@dataclass(frozen=True, slots=True)
+class ApiRoute:
+    method: str
+    path: str
+    scopes: tuple[str, ...]
+
+
+def api_routes(app: FastAPI) -> list[ApiRoute]:
+    """Each method and path under ``/api/`` with the scopes it declares."""
+    return [
+        ApiRoute(method, route.path, tuple(auth.declared_scopes(route)))
+        for route in effective_routes(app)
+        if (getattr(route, "path", None) or "").startswith("/api/")
+        for method in sorted(getattr(route, "methods", None) or ())
+    ]
+
 
 KEYS = {
     "write-3f9c1e0b7a": ["files:write"],
@@ -54,7 +76,7 @@ def storage_settings() -> dict[str, Any]:
 
 def test_every_api_route_is_in_the_matrix(settings: Settings) -> None:
     app = create_app(settings.model_copy(update={"api_keys": KEYS}))
-    routes = auth.api_routes(app)
+    routes = api_routes(app)
     assert routes
     for route in routes:
         assert (route.method, route.path) in ROUTE_SCOPES, f"add {route} to ROUTE_SCOPES"
@@ -109,7 +131,7 @@ def keyed(make_server: ServerFactory) -> LiveServer:
 
 @pytest.mark.parametrize("route", sorted(ROUTE_SCOPES), ids=" ".join)
 def test_scope_matrix(keyed: LiveServer, route: tuple[str, str]) -> None:
-    present = {(r.method, r.path) for r in auth.api_routes(keyed.app)}
+    present = {(r.method, r.path) for r in api_routes(keyed.app)}
     if route not in present:
         pytest.skip(f"{' '.join(route)} is not part of the app yet")
     needed = ROUTE_SCOPES[route]
@@ -245,7 +267,7 @@ def _get(app: FastAPI, path: str, key: str | None = None) -> httpx.Response:
 
 def _app(*, scoped: bool, through_api_router: bool = True) -> FastAPI:
     app = FastAPI()
-    app.state.keyring = auth.KeyRing(KEYS)
+    app.state.resources = SimpleNamespace(keyring=KeyRing(KEYS))
     api = auth.api_router() if through_api_router else FastAPI().router
     dependencies: list[Any] = [auth.require("files:read")] if scoped else []
 
@@ -266,7 +288,7 @@ def test_a_route_without_a_scope_stops_start_up() -> None:
 
 
 def test_a_route_without_a_scope_is_refused_at_run_time() -> None:
-    from filesvc.errors import install_error_handlers
+    from filesvc.handlers import install_error_handlers
 
     # Built without the start-up check (or added after it): refused, whatever the key.
     app = _app(scoped=False)
@@ -284,7 +306,7 @@ def test_a_route_without_a_scope_is_refused_at_run_time() -> None:
 def test_a_subrouter_can_declare_its_scope_on_inclusion() -> None:
     from fastapi import APIRouter
 
-    from filesvc.errors import install_error_handlers
+    from filesvc.handlers import install_error_handlers
 
     sub = APIRouter(prefix="/things")
 
@@ -294,23 +316,21 @@ def test_a_subrouter_can_declare_its_scope_on_inclusion() -> None:
 
     app = FastAPI()
     install_error_handlers(app)
-    app.state.keyring = auth.KeyRing(KEYS)
+    app.state.resources = SimpleNamespace(keyring=KeyRing(KEYS))
     api = auth.api_router()
     api.include_router(sub, dependencies=[auth.require("exports:read")])
     app.include_router(api)
     auth.check_routes(app)
-    assert [(r.path, r.scopes) for r in auth.api_routes(app)] == [
-        ("/api/v1/things", ("exports:read",))
-    ]
+    assert [(r.path, r.scopes) for r in api_routes(app)] == [("/api/v1/things", ("exports:read",))]
     assert _get(app, "/api/v1/things", ADMIN_KEY).status_code == 200
     assert _get(app, "/api/v1/things", KEY_OF["exports:read"]).status_code == 200
     _assert_error(_get(app, "/api/v1/things", KEY_OF["files:read"]), 403, "forbidden")
 
 
 def test_keyring_lookup() -> None:
-    ring = auth.KeyRing(KEYS)
+    ring = KeyRing(KEYS)
     assert not ring.is_open
-    assert auth.KeyRing({}).is_open
+    assert KeyRing({}).is_open
     for key, scopes in KEYS.items():
         principal = ring.lookup(key)
         assert principal is not None and principal.scopes == frozenset(scopes)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from filesvc.pipeline import new_file_id, parse_repr_digest, sanitize_filename
 from filesvc.sniffing import detect
-from filesvc.uploads import new_file_id, parse_repr_digest, sanitize_filename
 from tests.images import FORMATS, make_image
 
 

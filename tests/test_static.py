@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -509,13 +509,13 @@ def put_object(settings: Settings, key: str, data: bytes) -> None:
 
 def insert_row(settings: Settings, **values: Any) -> None:
     from filesvc import crud
-    from filesvc.uploads import ReceivedFile
+    from filesvc.models import StoredFile
 
     async def run() -> None:
         engine = create_engine(settings)
         try:
             async with create_session_factory(engine)() as session:
-                await crud.add_files(session, [ReceivedFile(**values)], "public")
+                await crud.add_files(session, [StoredFile(**values)])
         finally:
             await engine.dispose()
 
@@ -529,13 +529,15 @@ def test_zero_length_file(server: LiveServer, client: httpx.Client) -> None:
     insert_row(
         server.settings,
         id=file_id,
-        key=key,
+        storage_key=key,
         filename="empty.pdf",
         content_type="application/pdf",
         size=0,
         sha256=hashlib.sha256(b"").hexdigest(),
         width=None,
         height=None,
+        visibility="public",
+        created_at=datetime.now(UTC),
     )
     url = f"/files/{file_id}/empty.pdf"
     whole = client.get(url)

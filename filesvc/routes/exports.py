@@ -18,7 +18,7 @@ from filesvc.auth import require
 from filesvc.deps import ResourcesDep
 from filesvc.exports import Exporter, ExportStream, parse_query_string
 from filesvc.exports.query import MAX_FILTERS, OPERATORS
-from filesvc.metrics import Metrics, get_metrics
+from filesvc.metrics import Metrics
 from filesvc.schemas import error_responses
 
 logger = logging.getLogger("filesvc.exports")
@@ -48,7 +48,7 @@ def get_exporter(request: Request) -> Exporter:
     """The process's exporter, made on first use (its catalog reflects lazily)."""
     exporter: Exporter | None = getattr(request.app.state, "exporter", None)
     if exporter is None:
-        exporter = request.app.state.exporter = Exporter(request.app.state.settings)
+        exporter = request.app.state.exporter = Exporter(request.app.state.resources.settings)
     return exporter
 
 
@@ -231,7 +231,7 @@ async def export_csv(
         return CSVStreamResponse(
             export,
             gzip=accepts_gzip(request.headers.get("accept-encoding", "")),
-            metrics=get_metrics(request),
+            metrics=resources.metrics,
         )
     except BaseException:
         await export.aclose()

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import anyio
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -16,22 +15,19 @@ from filesvc.auth import require
 from filesvc.config import Settings
 from filesvc.deps import ResourcesDep, SessionDep, SettingsDep
 from filesvc.errors import InvalidRequest
-from filesvc.models import StoredFile
+from filesvc.formparser import is_multipart
+from filesvc.models import VISIBILITIES, StoredFile, Visibility
 from filesvc.schemas import (
     FileBatch,
     FileList,
     FileOut,
     IsoDatetime,
-    Visibility,
     error_responses,
 )
-from filesvc.uploads import ReceivedFile, UploadForm, discard, receive_multipart, receive_raw
 
 logger = logging.getLogger("filesvc")
 
 router = APIRouter(prefix="/files", tags=["files"])
-
-_VISIBILITIES = ("public", "private")
 
 
 def file_url(settings: Settings, row: StoredFile) -> str:
@@ -41,17 +37,11 @@ def file_url(settings: Settings, row: StoredFile) -> str:
 
 
 def file_out(settings: Settings, row: StoredFile) -> FileOut:
-    return FileOut(
-        id=row.id,
-        filename=row.filename,
-        content_type=row.content_type,
-        size=row.size,
-        sha256=row.sha256,
-        width=row.width,
-        height=row.height,
-        visibility=row.visibility,
-        created_at=row.created_at,
-        url=file_url(settings, row),
+    return FileOut.model_validate(
+        {
+            **{name: getattr(row, name) for name in FileOut.row_fields()},
+            "url": file_url(settings, row),
+        }
     )
 
 
@@ -62,7 +52,7 @@ def _upload_body(batch: bool) -> dict[str, Any]:
     file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
     properties: dict[str, Any] = {
         "file": {"type": "array", "items": file_schema, "minItems": 1} if batch else file_schema,
-        "visibility": {"type": "string", "enum": list(_VISIBILITIES), "default": "public"},
+        "visibility": {"type": "string", "enum": list(VISIBILITIES), "default": "public"},
         "sha256": {
             "type": "string",
             "pattern": "^[0-9a-fA-F]{64}$",
@@ -79,56 +69,6 @@ def _upload_body(batch: bool) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
-def _visibility(value: str | None) -> str:
-    if value is None or value == "":
-        return "public"
-    if value not in _VISIBILITIES:
-        raise InvalidRequest("visibility must be 'public' or 'private'.")
-    return value
-
-
-async def _record(
-    resources: ResourcesDep, received: list[ReceivedFile], visibility: str
-) -> list[StoredFile]:
-    """Write the rows of committed files; on any failure their bytes go too.
-
-    Except when a commit fails in flight: it may have landed before its answer
-    was lost, so bytes are removed only for rows known to be absent, and kept
-    for `filesvc check` when that cannot be known. Bytes never vanish under a row.
-    """
-    try:
-        async with resources.sessions() as session:
-            return await crud.add_files(session, received, visibility)
-    except crud.CommitOutcomeUnknown as exc:
-        with anyio.CancelScope(shield=True):
-            try:
-                async with resources.sessions() as session:
-                    present = await crud.existing_ids(session, [r.id for r in received])
-            except Exception:
-                logger.warning("a commit failed in flight and cannot be checked: bytes kept")
-                present = {r.id for r in received}
-            await discard(resources.storage, [r for r in received if r.id not in present])
-        if exc.__cause__ is not None:
-            raise exc.__cause__ from None
-        raise
-    except BaseException:
-        await discard(resources.storage, received)
-        raise
-
-
-async def _form_visibility(
-    resources: ResourcesDep, form: UploadForm, default: str | None = None
-) -> str:
-    """The form's visibility once it is known to hold a file; otherwise its files go."""
-    try:
-        if not form.files:
-            raise InvalidRequest("The form has no part named 'file'.")
-        return _visibility(form.fields.get("visibility", default))
-    except BaseException:
-        await discard(resources.storage, form.files)
-        raise
-
-
 def _utc(moment: datetime | None) -> datetime | None:
     """A query bound in UTC: it needs a zone, and must stay within years 1 to 9999 in UTC."""
     if moment is None:
@@ -139,10 +79,6 @@ def _utc(moment: datetime | None) -> datetime | None:
         return moment.astimezone(UTC)
     except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+14:00
         raise InvalidRequest("A timestamp is out of range once converted to UTC.") from exc
-
-
-def _is_multipart(request: Request) -> bool:
-    return request.headers.get("content-type", "").lower().startswith("multipart/")
 
 
 @router.post(
@@ -168,17 +104,12 @@ async def upload_file(
         Visibility | None, Query(description="Visibility of a raw upload.")
     ] = None,
 ) -> JSONResponse:
-    settings = resources.settings
-    if _is_multipart(request):
-        form = await receive_multipart(request, settings, resources.storage, max_files=1)
-        chosen = await _form_visibility(resources, form, visibility)
-        received = form.files
+    if is_multipart(request.headers.get("content-type", "")):
+        [row] = await resources.uploads.form(request, max_files=1, visibility=visibility)
     else:
-        received = [await receive_raw(request, settings, resources.storage, filename=filename)]
-        chosen = _visibility(visibility)
-    [row] = await _record(resources, received, chosen)
+        row = await resources.uploads.raw(request, filename=filename, visibility=visibility)
     return JSONResponse(
-        file_out(settings, row).model_dump(mode="json"),
+        file_out(resources.settings, row).model_dump(mode="json"),
         status_code=201,
         headers={"Location": f"/api/v1/files/{row.id}"},
     )
@@ -197,13 +128,9 @@ async def upload_file(
 )
 async def upload_batch(request: Request, resources: ResourcesDep) -> FileBatch:
     settings = resources.settings
-    if not _is_multipart(request):
+    if not is_multipart(request.headers.get("content-type", "")):
         raise InvalidRequest("A batch upload must be multipart/form-data.")
-    form = await receive_multipart(
-        request, settings, resources.storage, max_files=settings.max_batch_files
-    )
-    chosen = await _form_visibility(resources, form)
-    rows = await _record(resources, form.files, chosen)
+    rows = await resources.uploads.form(request, max_files=settings.max_batch_files)
     return FileBatch(files=[file_out(settings, row) for row in rows])
 
 

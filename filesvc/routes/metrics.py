@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import anyio
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
-from filesvc.metrics import Metrics, get_metrics
+from filesvc.deps import ResourcesDep
 
 router = APIRouter(tags=["operations"])
 
@@ -20,8 +18,8 @@ router = APIRouter(tags=["operations"])
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}}},
 )
-async def metrics(request: Request, metrics: Annotated[Metrics, Depends(get_metrics)]) -> Response:
+async def metrics(request: Request, resources: ResourcesDep) -> Response:
     body, content_type = await anyio.to_thread.run_sync(
-        metrics.render, request.headers.get("accept")
+        resources.metrics.render, request.headers.get("accept")
     )
     return Response(body, media_type=content_type, headers={"Cache-Control": "no-store"})

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.routing import APIRoute
 from starlette.datastructures import QueryParams
 from starlette.responses import RedirectResponse, Response
@@ -22,7 +21,6 @@ from starlette.types import Receive, Scope, Send
 
 from filesvc.deps import Resources
 from filesvc.errors import FileNotFound, SignatureRequired
-from filesvc.lookup import FileLookup, create_lookup
 from filesvc.models import FILE_ID
 from filesvc.schemas import ErrorBody
 from filesvc.serving import (
@@ -120,19 +118,7 @@ class StaticFileRoute(APIRoute):
         await response(scope, receive, send)
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """The file lookup of this app: opened after the app's resources, closed before them."""
-    resources: Resources = app.state.resources
-    lookup = create_lookup(resources.settings, resources.engine)
-    app.state.file_lookup = lookup
-    try:
-        yield
-    finally:
-        await lookup.aclose()
-
-
-router = APIRouter(tags=["static"], route_class=StaticFileRoute, lifespan=lifespan)
+router = APIRouter(tags=["static"], route_class=StaticFileRoute)
 
 
 async def _open(storage: Storage, key: str, offset: int, length: int) -> AsyncIterator[bytes]:
@@ -152,9 +138,8 @@ async def respond(
     scope: Scope, file_id: str, expires: str | None, signature: str | None
 ) -> Response:
     """The answer to a GET or HEAD of a static URL; raises the domain errors."""
-    state = scope["app"].state
-    resources: Resources = state.resources
-    lookup: FileLookup = state.file_lookup
+    resources: Resources = scope["app"].state.resources
+    lookup = resources.lookup
     signed = expires is not None or signature is not None
     if signed:  # checked before the database: a bad signature costs no query
         verify(resources.signing_key, file_id, expires, signature)

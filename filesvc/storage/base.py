@@ -34,9 +34,17 @@ class StorageWriter(ABC):
 
     #: Set by :meth:`commit` once the object is stored.
     committed: bool = False
+    #: Whether :meth:`write_blocking` may be called from a worker thread instead
+    #: of awaiting :meth:`write`: the upload pipeline then hashes and writes a
+    #: chunk in one thread hop instead of two.
+    writes_in_thread: bool = False
 
     @abstractmethod
     async def write(self, data: bytes) -> None: ...
+
+    def write_blocking(self, data: bytes) -> None:
+        """Write from a worker thread; only where :attr:`writes_in_thread` says so."""
+        raise NotImplementedError
 
     @abstractmethod
     async def commit(self) -> None:

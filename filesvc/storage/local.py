@@ -8,6 +8,7 @@ start-up.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import io
 import os
@@ -46,36 +47,73 @@ def _translated_os_errors() -> Iterator[None]:
 
 
 class LocalWriter(StorageWriter):
-    def __init__(self, final: Path, temp: Path, file: Any) -> None:
+    """Writes to a temporary file, starting its write-back as it goes; renamed on commit.
+
+    Without write-back started per chunk, every dirty page waits for the final
+    fsync, which then takes most of an upload's wall time after the last byte.
+    """
+
+    writes_in_thread = True
+
+    def __init__(self, final: Path, temp: Path, fd: int) -> None:
         self._final = final
         self._temp = temp
-        self._file = file
+        self._fd = fd
+        self._written = 0
         self._closed = False
 
-    async def write(self, data: bytes) -> None:
+    def write_blocking(self, data: bytes) -> None:
         with _translated_os_errors():
-            await self._file.write(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            start_write_back(self._fd, self._written, len(data))
+            self._written += len(data)
+
+    async def write(self, data: bytes) -> None:
+        await anyio.to_thread.run_sync(self.write_blocking, data)
 
     async def commit(self) -> None:
         with _translated_os_errors():
-            await self._file.flush()
-            await anyio.to_thread.run_sync(os.fsync, self._file.fileno())
-            await self._close()
+            await anyio.to_thread.run_sync(os.fsync, self._fd)
+            self._close()
             await aiofiles.os.replace(self._temp, self._final)
             await anyio.to_thread.run_sync(_fsync_dir, self._final.parent)
         self.committed = True
 
     async def abort(self) -> None:
-        await self._close()
+        self._close()
         try:
             await aiofiles.os.remove(self._temp)
         except FileNotFoundError:
             pass
 
-    async def _close(self) -> None:
+    def _close(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._file.close()
+            os.close(self._fd)
+
+
+def _libc_sync_file_range() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError):  # not Linux, or no glibc symbol
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
+#: SYNC_FILE_RANGE_WRITE: start write-back of dirty pages in the range, without waiting.
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_write_back(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range out now (Linux); a no-op elsewhere."""
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -129,8 +167,10 @@ class LocalStorage(Storage):
         temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
         with _translated_os_errors():
             await aiofiles.os.makedirs(final.parent, exist_ok=True)
-            file = await aiofiles.open(temp, "xb", buffering=0)
-        return LocalWriter(final, temp, file)
+            fd = await anyio.to_thread.run_sync(
+                os.open, temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666
+            )
+        return LocalWriter(final, temp, fd)
 
     async def open_reader(
         self, key: str, offset: int = 0, length: int | None = None
