@@ -43,7 +43,7 @@ class ServeProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"serve-{self.port}.log"
 
-    def start(self, timeout: float = 30) -> ServeProcess:
+    def start(self, timeout: float = 120) -> ServeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(

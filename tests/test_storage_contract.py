@@ -254,7 +254,10 @@ async def test_check_passes(storage: Storage) -> None:
 async def test_presigned_url_only_when_offered(storage: Storage) -> None:
     key = await store(storage, b"x")
     # Neither backend offers one by default: local has none, S3 only with s3_redirect.
-    assert await storage.presigned_url(key, 60, filename="x", content_type="image/png") is None
+    assert (
+        await storage.presigned_url(key, 60, content_disposition="inline", content_type="image/png")
+        is None
+    )
 
 
 async def test_check_fails_as_storage_unavailable(

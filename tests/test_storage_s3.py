@@ -171,7 +171,7 @@ async def test_sweep_keeps_uploads_younger_than_the_grace(
         aborted.append(upload_id)
 
     monkeypatch.setattr(storage, "incomplete_uploads", young)
-    monkeypatch.setattr(storage, "_abort_once", abort)
+    monkeypatch.setattr(storage.objects, "abort_once", abort)
     assert await storage.sweep_incomplete(older_than=3600) == 1
     assert aborted == ["upload-2"]
 
@@ -351,7 +351,7 @@ async def test_aclose_gives_up_pending_aborts_promptly(s3_bucket: S3Bucket) -> N
     storage = make_storage(
         s3_bucket, s3_endpoint_url=f"http://127.0.0.1:{closed_port()}", s3_timeout=1.0
     )
-    await storage.abort_upload(new_key("x"), "upload-id")
+    await storage.objects.abort_upload(new_key("x"), "upload-id")
     started = time.monotonic()
     await storage.aclose()
     assert time.monotonic() - started < 6
@@ -363,8 +363,9 @@ async def test_presigned_url_in_redirect_mode(s3_bucket: S3Bucket) -> None:
     async with open_writer(storage, key) as writer:
         await writer.write(b"%PDF-1.4 hello")
         await writer.commit()
+    disposition = content_disposition("résumé 2026.pdf", "application/pdf")
     url = await storage.presigned_url(
-        key, 300, filename="résumé 2026.pdf", content_type="application/pdf"
+        key, 300, content_disposition=disposition, content_type="application/pdf"
     )
     assert url is not None and "X-Amz-Signature=" in url and "X-Amz-Expires=300" in url
     response = httpx.get(url)

@@ -30,6 +30,7 @@ from filesvc.serving import (
     Multipart,
     Representation,
     StoredFileResponse,
+    content_disposition,
     multipart_chunks,
     representation_headers,
     select,
@@ -166,7 +167,7 @@ async def respond(
         url = await storage.presigned_url(
             row.storage_key,
             _presign_seconds(expires),
-            filename=row.filename,
+            content_disposition=content_disposition(row.filename, row.content_type),
             content_type=row.content_type,
         )
         if url is not None:

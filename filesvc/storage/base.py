@@ -93,7 +93,7 @@ class Storage(ABC):
         """Remove writes left unfinished (by a crash) more than ``older_than`` seconds ago."""
 
     async def presigned_url(
-        self, key: str, expires_in: int, *, filename: str, content_type: str
+        self, key: str, expires_in: int, *, content_disposition: str, content_type: str
     ) -> str | None:
         """A URL the client may fetch directly, when the backend offers one."""
         return None

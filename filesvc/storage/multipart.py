@@ -24,41 +24,30 @@ import anyio
 
 from filesvc.errors import StorageUnavailable
 from filesvc.storage.base import StorageWriter
+from filesvc.storage.s3objects import Pieces, S3Objects
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
-    from filesvc.storage.s3 import S3Storage
-
 logger = logging.getLogger("filesvc")
-
-Pieces = list[bytes | memoryview]
-
-
-def joined(pieces: Pieces) -> bytes:
-    """One part's body: the single copy a part costs (called in a worker thread)."""
-    if len(pieces) == 1 and isinstance(pieces[0], bytes):
-        body = pieces[0]
-    else:
-        body = b"".join(pieces)
-    pieces.clear()  # the chunks can go as soon as the body exists
-    return body
 
 
 class MultipartWriter(StorageWriter):
     """Parts sent while the client uploads; complete on commit, abort on any failure."""
 
-    def __init__(self, storage: S3Storage, key: str) -> None:
-        self._storage = storage
+    def __init__(
+        self, objects: S3Objects, key: str, *, part_size: int, max_concurrency: int
+    ) -> None:
+        self._storage = objects
         self._key = key
-        self._part_size = storage.part_size
+        self._part_size = part_size
         self._pending: deque[bytes | memoryview] = deque()
         self._pending_bytes = 0
         self._upload_id: str | None = None
         self._next_part = 1
         self._parts: dict[int, CompletedPartTypeDef] = {}
         self._inflight: set[asyncio.Task[None]] = set()
-        self._slots = anyio.Semaphore(storage.max_concurrency)
+        self._slots = anyio.Semaphore(max_concurrency)
         self._failure: Exception | None = None
         self._may_exist = False  # a PutObject or Complete was sent: the object may be there
         self._aborted = False

@@ -11,87 +11,31 @@ storage's own :class:`anyio.CapacityLimiter`, never on the event loop.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import re
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-import anyio
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError, ValidationError
+from botocore.exceptions import ClientError
 
 from filesvc import __version__
 from filesvc.config import Settings
 from filesvc.errors import StorageUnavailable
-from filesvc.serving import content_disposition
 from filesvc.storage.base import ObjectNotFound, Storage, StorageWriter, StoredObject
-from filesvc.storage.multipart import MultipartWriter, Pieces, joined
+from filesvc.storage.multipart import MultipartWriter
+from filesvc.storage.s3objects import S3Objects, T, _error_code, _RangeNotSatisfiable
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
-    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 logger = logging.getLogger("filesvc")
 
-T = TypeVar("T")
-
 #: S3's limit on the number of parts of one multipart upload.
 MAX_PARTS = 10_000
-_KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
-_NOT_FOUND_CODES = {"NoSuchKey", "NoSuchUpload", "NotFound", "404"}
-# Answers that say "not now" or "not with this configuration": the service
-# answers 503 and /readyz names the cause, rather than a 500.
-_UNAVAILABLE_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestLimitExceeded",
-    "ServiceUnavailable",
-    "InternalError",
-    "RequestTimeout",
-    "RequestTimeTooSkewed",
-    "NoSuchBucket",
-    "AccessDenied",
-    "AllAccessDisabled",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "InvalidToken",
-    "TokenRefreshRequired",
-}
-
-
-class _RangeNotSatisfiable(Exception):
-    """S3's 416: the object exists, but the range starts at or past its end."""
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _translate(exc: Exception, key: str) -> Exception:
-    """The domain error for a boto3 failure; unknown client errors stay as they are (500)."""
-    if isinstance(exc, ClientError):
-        code = _error_code(exc)
-        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-        if code in _NOT_FOUND_CODES:
-            return ObjectNotFound(key)
-        if code == "InvalidRange":
-            return _RangeNotSatisfiable(key)
-        if code in _UNAVAILABLE_CODES or status >= 500 or status in (403, 429):
-            logger.warning("S3 unavailable: %s", exc)
-            return StorageUnavailable(f"The file storage is unavailable (S3 answered {code}).")
-        return exc
-    if isinstance(exc, ParamValidationError | ValidationError):
-        return exc  # a bug of ours, not an outage
-    # Connection refused or reset, timeouts, no credentials, truncated bodies.
-    logger.warning("S3 unavailable: %s", exc)
-    return StorageUnavailable(f"The file storage is unavailable ({type(exc).__name__}).")
 
 
 class S3Storage(Storage):
@@ -103,9 +47,6 @@ class S3Storage(Storage):
     #: Worker threads (and pooled connections) per part in flight, and at least this many.
     threads_per_part = 4
     min_threads = 16
-    #: How long an abort that could not reach S3 keeps being retried in the background.
-    abort_retry_seconds = 600.0
-    abort_retry_max_delay = 10.0
     #: Read timeout of CompleteMultipartUpload, which S3 documents as taking up
     #: to minutes for large objects (AWS keeps the connection alive meanwhile;
     #: other stores may stay silent).
@@ -123,22 +64,17 @@ class S3Storage(Storage):
         redirect: bool = False,
         complete_client: S3Client | None = None,
     ) -> None:
+        threads = threads or max(self.min_threads, max_concurrency * self.threads_per_part)
+        self.objects = S3Objects(
+            client, bucket, prefix=prefix, threads=threads, complete_client=complete_client
+        )
         self.client = client
-        self.complete_client = complete_client or client
+        self.complete_client = self.objects.complete_client
         self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.prefix = self.objects.prefix
         self.part_size = part_size
         self.max_concurrency = max_concurrency
         self.redirect = redirect
-        threads = threads or max(self.min_threads, max_concurrency * self.threads_per_part)
-        self._limiter = anyio.CapacityLimiter(threads)
-        # Mirror boto3's managed transfers: with checksums on (botocore's
-        # default), ask for CRC32 per part and hand the part checksums back on
-        # completion; `AWS_REQUEST_CHECKSUM_CALCULATION=when_required` turns
-        # them off for stores that refuse them.
-        calculation = getattr(client.meta.config, "request_checksum_calculation", None)
-        self._checksums = calculation != "when_required"
-        self._cleanups: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Storage:
@@ -181,132 +117,18 @@ class S3Storage(Storage):
         )
 
     def object_key(self, key: str) -> str:
-        """The S3 key of a storage key; the one place that builds them."""
-        if not _KEY.match(key):
-            raise ObjectNotFound(key)
-        return self.prefix + key
+        return self.objects.object_key(key)
 
     async def _call(self, key: str, call: Callable[[], T], *, abandon: bool = False) -> T:
-        """Run one boto3 call in this storage's worker threads, errors translated."""
-        try:
-            return await anyio.to_thread.run_sync(
-                call, limiter=self._limiter, abandon_on_cancel=abandon
-            )
-        except (BotoCoreError, ClientError) as exc:
-            translated = _translate(exc, key)
-            if translated is exc:
-                raise
-            raise translated from exc
+        return await self.objects.call(key, call, abandon=abandon)
 
     # -- writes ---------------------------------------------------------------
 
     async def create_writer(self, key: str) -> StorageWriter:
         self.object_key(key)
-        return MultipartWriter(self, key)
-
-    def _checksum_args(self) -> dict[str, Any]:
-        return {"ChecksumAlgorithm": "CRC32"} if self._checksums else {}
-
-    async def create_upload(self, key: str) -> str:
-        name = self.object_key(key)
-        response = await self._call(
-            key,
-            lambda: self.client.create_multipart_upload(
-                Bucket=self.bucket, Key=name, **self._checksum_args()
-            ),
+        return MultipartWriter(
+            self.objects, key, part_size=self.part_size, max_concurrency=self.max_concurrency
         )
-        return response["UploadId"]
-
-    async def upload_part(
-        self, key: str, upload_id: str, number: int, pieces: Pieces
-    ) -> CompletedPartTypeDef:
-        name = self.object_key(key)
-        extra = self._checksum_args()
-
-        def send() -> CompletedPartTypeDef:
-            response = self.client.upload_part(
-                Bucket=self.bucket,
-                Key=name,
-                UploadId=upload_id,
-                PartNumber=number,
-                Body=joined(pieces),
-                **extra,
-            )
-            part: CompletedPartTypeDef = {"ETag": response["ETag"], "PartNumber": number}
-            if extra and "ChecksumCRC32" in response:
-                part["ChecksumCRC32"] = response["ChecksumCRC32"]
-            return part
-
-        try:
-            return await self._call(key, send)
-        except ObjectNotFound as exc:  # NoSuchUpload: aborted under way (a sweep, an operator)
-            raise StorageUnavailable("The upload to S3 was aborted under way.") from exc
-
-    async def complete_upload(
-        self, key: str, upload_id: str, parts: list[CompletedPartTypeDef]
-    ) -> None:
-        name = self.object_key(key)
-        try:
-            await self._call(
-                key,
-                lambda: self.complete_client.complete_multipart_upload(
-                    Bucket=self.bucket,
-                    Key=name,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                ),
-            )
-        except ObjectNotFound as exc:
-            raise StorageUnavailable("The upload to S3 was aborted under way.") from exc
-
-    async def put_object(self, key: str, pieces: Pieces) -> None:
-        name = self.object_key(key)
-        extra = self._checksum_args()
-        await self._call(
-            key,
-            lambda: self.client.put_object(
-                Bucket=self.bucket, Key=name, Body=joined(pieces), **extra
-            ),
-        )
-
-    async def abort_upload(self, key: str, upload_id: str) -> None:
-        """Abort a multipart upload; when S3 cannot be reached, keep trying in the background."""
-        try:
-            await self._abort_once(key, upload_id)
-        except StorageUnavailable:
-            task = asyncio.create_task(self._abort_until_done(key, upload_id))
-            self._cleanups.add(task)
-            task.add_done_callback(self._cleanups.discard)
-        except Exception as exc:
-            logger.warning("could not abort the upload of %s: %s", key, exc)
-
-    async def _abort_once(self, key: str, upload_id: str) -> None:
-        name = self.prefix + key
-        try:
-            await self._call(
-                key,
-                lambda: self.client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=name, UploadId=upload_id
-                ),
-            )
-        except ObjectNotFound:
-            pass  # already gone
-
-    async def _abort_until_done(self, key: str, upload_id: str) -> None:
-        deadline = time.monotonic() + self.abort_retry_seconds
-        delay = 0.5
-        while time.monotonic() < deadline:
-            await anyio.sleep(delay)
-            try:
-                await self._abort_once(key, upload_id)
-                logger.info("aborted the unfinished upload of %s once S3 was back", key)
-                return
-            except StorageUnavailable:
-                delay = min(delay * 2, self.abort_retry_max_delay)
-            except Exception as exc:
-                logger.warning("could not abort the upload of %s: %s", key, exc)
-                return
-        logger.warning("gave up aborting the upload of %s; the start-up sweep will", key)
 
     # -- reads and the rest ---------------------------------------------------
 
@@ -352,14 +174,7 @@ class S3Storage(Storage):
         )
 
     async def delete(self, key: str) -> None:
-        try:
-            name = self.object_key(key)
-        except ObjectNotFound:
-            return
-        try:
-            await self._call(key, lambda: self.client.delete_object(Bucket=self.bucket, Key=name))
-        except ObjectNotFound:
-            pass
+        await self.objects.delete(key)
 
     async def check(self) -> None:
         try:
@@ -410,11 +225,11 @@ class S3Storage(Storage):
             if initiated < cutoff
         ]
         for key, upload_id in stale:
-            await self._abort_once(key, upload_id)
+            await self.objects.abort_once(key, upload_id)
         return len(stale)
 
     async def presigned_url(
-        self, key: str, expires_in: int, *, filename: str, content_type: str
+        self, key: str, expires_in: int, *, content_disposition: str, content_type: str
     ) -> str | None:
         """A presigned GET when ``FILESVC_S3_REDIRECT`` is on, else ``None`` (stream through)."""
         if not self.redirect:
@@ -424,7 +239,7 @@ class S3Storage(Storage):
             "Bucket": self.bucket,
             "Key": name,
             "ResponseContentType": content_type,
-            "ResponseContentDisposition": content_disposition(filename, content_type),
+            "ResponseContentDisposition": content_disposition,
         }
         # Signing may fetch or refresh credentials (instance roles): a thread, too.
         return await self._call(
@@ -435,16 +250,7 @@ class S3Storage(Storage):
         )
 
     async def aclose(self) -> None:
-        if self._cleanups:
-            logger.warning(
-                "%d unfinished uploads could not be aborted yet; the start-up sweep will",
-                len(self._cleanups),
-            )
-            for task in list(self._cleanups):
-                task.cancel()
-            await asyncio.wait(set(self._cleanups), timeout=5)
-        for client in {self.client, self.complete_client}:
-            await anyio.to_thread.run_sync(client.close, limiter=self._limiter)
+        await self.objects.close()
 
 
 async def _no_chunks() -> AsyncIterator[bytes]:

@@ -1,0 +1,105 @@
+"""The upload pipeline's own parsing: integrity headers and the multipart form parser."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+
+from filesvc.errors import InvalidRequest
+from filesvc.formparser import Field, FileData, FileEnd, FileStart, FormParser
+from filesvc.pipeline import parse_repr_digest
+
+DIGEST = hashlib.sha256(b"hello").digest()
+B64 = base64.b64encode(DIGEST).decode()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"sha-256=:{B64}:",
+        f"  sha-256=:{B64}:  ",
+        f"sha-512=:{base64.b64encode(bytes(64)).decode()}:, sha-256=:{B64}:",
+        f"sha-256=:{B64}:;note=1",
+    ],
+)
+def test_a_well_formed_repr_digest_gives_the_sha256(header: str) -> None:
+    assert parse_repr_digest(header) == DIGEST.hex()
+
+
+def test_other_algorithms_alone_state_nothing() -> None:
+    assert parse_repr_digest(None) is None
+    assert parse_repr_digest("sha-512=:AAAA:") is None
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        f"sha-256=:{B64.replace('+', '-').replace('/', '_')}x-_:",  # base64url alphabet
+        f'sha-256="{B64}"',  # a string, not a byte sequence
+        f"sha-256={B64}",  # neither
+        f"sha-256=:{B64}",  # unterminated
+        "sha-256=:AAAA:",  # 3 bytes
+        "sha-256",  # a bare key is boolean true
+        f"SHA-256=:{B64}:",  # keys are lowercase
+        f"sha-256=:{B64}:,",  # trailing comma
+        "garbage that is not a dictionary",
+        ",".join(["md5=:AAAA:"] * 17),  # too many members
+    ],
+)
+def test_a_malformed_repr_digest_is_refused_not_ignored(header: str) -> None:
+    with pytest.raises(InvalidRequest):
+        parse_repr_digest(header)
+
+
+BOUNDARY = "b0undary"
+
+
+def _parser(**limits: int) -> FormParser:
+    values = {"max_fields": 4, "max_field_bytes": 64, "max_part_header_bytes": 512, **limits}
+    return FormParser(f"multipart/form-data; boundary={BOUNDARY}", **values)
+
+
+def _body(*parts: tuple[str, str | None, bytes]) -> bytes:
+    out = b""
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        out += f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+        out += data + b"\r\n"
+    return out + f"--{BOUNDARY}--\r\n".encode()
+
+
+def _events(parser: FormParser, body: bytes, step: int) -> list[object]:
+    events: list[object] = []
+    for start in range(0, len(body), step):
+        for event in parser.feed(body[start : start + step]):
+            # FileData views are only valid until the next feed: keep their bytes.
+            events.append(bytes(event.data) if isinstance(event, FileData) else event)
+    parser.close()
+    return events
+
+
+@pytest.mark.parametrize("step", [1, 7, 4096])
+def test_the_form_parser_emits_typed_events_in_order(step: int) -> None:
+    body = _body(("visibility", None, b"private"), ("file", "a.png", b"PNG" * 10))
+    events = _events(_parser(), body, step)
+    assert events[0] == Field(name="visibility", value="private")
+    assert events[1] == FileStart(name="file", filename="a.png")
+    assert b"".join(e for e in events[2:-1] if isinstance(e, bytes)) == b"PNG" * 10
+    assert events[-1] == FileEnd()
+
+
+def test_the_form_parser_applies_the_form_limits() -> None:
+    with pytest.raises(InvalidRequest, match="longer than 64 bytes"):
+        _events(_parser(), _body(("note", None, b"x" * 65)), 4096)
+    with pytest.raises(InvalidRequest, match="More than 4 form fields"):
+        _events(_parser(), _body(*[("f", None, b"1")] * 5), 4096)
+    with pytest.raises(InvalidRequest, match="headers are too large"):
+        _events(_parser(), _body(("f" * 600, None, b"1")), 4096)
+    with pytest.raises(InvalidRequest, match="before its final boundary"):
+        _events(_parser(), _body(("f", None, b"1"))[:-10], 4096)
+    with pytest.raises(InvalidRequest, match="boundary"):
+        FormParser("multipart/form-data", max_fields=1, max_field_bytes=1, max_part_header_bytes=1)
