@@ -37,13 +37,11 @@ from filesvc.config import SCOPES, Settings
 from filesvc.deps import get_resources
 from filesvc.errors import Forbidden, Unauthorized
 from filesvc.keys import OPEN, Principal, key_digest
-from filesvc.routemap import effective_routes
+from filesvc.routemap import API_PREFIX, effective_routes
 from filesvc.schemas import ErrorBody
 
 logger = logging.getLogger("filesvc")
 
-#: Where the routes that need a key live.
-API_PREFIX: Final = "/api/v1"
 API_KEY_HEADER: Final = "X-API-Key"
 _CHALLENGE: Final = 'Bearer realm="filesvc"'
 

@@ -20,6 +20,12 @@ ADMIN = "admin"
 SCOPES = ("files:write", "files:read", "exports:read", ADMIN)
 
 
+def check_host_pattern(host: str) -> None:
+    """A host name, or a wildcard pattern like ``*.example.com``."""
+    if "*" in host.removeprefix("*.") or "/" in host or not host:
+        raise ValueError(f"{host!r} is not a host name or a pattern like *.example.com")
+
+
 def check_scopes(scopes: list[str]) -> None:
     """Refuse scopes this service does not know: a typo would silently grant nothing."""
     bad = sorted(set(scopes) - set(SCOPES))
@@ -203,8 +209,7 @@ class Settings(BaseSettings):
     @classmethod
     def _hosts(cls, value: list[str]) -> list[str]:
         for host in value:
-            if "*" in host.removeprefix("*.") or "/" in host or not host:
-                raise ValueError(f"{host!r} is not a host name or a pattern like *.example.com")
+            check_host_pattern(host)
         return value
 
     @field_validator("public_base_url")

@@ -11,6 +11,8 @@ from typing import Any
 
 from filesvc.logs import note_error_code
 
+#: nginx's status for a client that closed the connection before the answer: logs only.
+CLIENT_CLOSED_STATUS = 499
 #: Seconds a client is told to wait after a 503.
 RETRY_AFTER_SECONDS = 5
 
@@ -155,7 +157,7 @@ class StorageUnavailable(ServiceUnavailable):
 
 class ClientClosedRequest(FilesvcError):
     # nginx's 499: no client reads it, but the access log and metrics do.
-    status_code = 499
+    status_code = CLIENT_CLOSED_STATUS
     code = "client_closed_request"
     message = "The client closed the connection before its request was complete."
 

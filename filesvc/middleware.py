@@ -26,18 +26,19 @@ import uuid
 from starlette.routing import Match, Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from filesvc.errors import CLIENT_CLOSED_STATUS
 from filesvc.logs import bind_request, current_request, is_valid_request_id, unbind_request
 from filesvc.metrics import METHODS, Metrics
+from filesvc.routemap import API_PREFIX
 
 access_logger = logging.getLogger("filesvc.access")
 
 _HEADER = b"x-request-id"
 #: Routes that receive uploads: their body bytes and refusals are counted apart.
-UPLOAD_ROUTES = frozenset({("POST", "/api/v1/files"), ("POST", "/api/v1/files/batch")})
+UPLOAD_ROUTES = frozenset({("POST", f"{API_PREFIX}/files"), ("POST", f"{API_PREFIX}/files/batch")})
 #: Route templates under this prefix stream CSV exports.
-EXPORT_ROUTE_PREFIX = "/api/v1/exports/"
+EXPORT_ROUTE_PREFIX = f"{API_PREFIX}/exports/"
 #: Status logged and counted for a request whose client went away before the answer.
-CLIENT_CLOSED_STATUS = 499
 
 
 def new_request_id() -> str:

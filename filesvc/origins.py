@@ -15,7 +15,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from filesvc.config import Settings
+from filesvc.config import Settings, check_host_pattern
 from filesvc.errors import error_body
 
 #: Methods the web page and API clients use across origins.
@@ -86,8 +86,7 @@ class TrustedHosts:
 
     def __init__(self, app: ASGIApp, hosts: Sequence[str]) -> None:
         for pattern in hosts:
-            if "*" in pattern and not (pattern.startswith("*.") and "*" not in pattern[1:]):
-                raise ValueError(f"host pattern {pattern!r}: wildcards must be like *.example.com")
+            check_host_pattern(pattern)
         self.app = app
         self.hosts = [h.lower() for h in hosts]
 

@@ -8,10 +8,13 @@ route, with what its ``include_router`` calls added, into ``app.routes``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
 import fastapi.routing
 from starlette.applications import Starlette
+
+#: Where every route that needs an API key lives.
+API_PREFIX: Final = "/api/v1"
 
 
 def effective_routes(app: Starlette) -> Iterator[Any]:

@@ -15,6 +15,9 @@ from filesvc.errors import InvalidSignature
 
 logger = logging.getLogger("filesvc")
 
+#: The longest a signed URL may live: also S3's limit for the presigned URLs they lead to.
+MAX_SIGNED_SECONDS = 7 * 24 * 3600
+
 #: File under the data directory holding the generated development key.
 KEY_FILE = "signing.key"
 

@@ -14,14 +14,12 @@ from filesvc.auth import require
 from filesvc.deps import ResourcesDep, SessionDep
 from filesvc.routes.files import file_url
 from filesvc.schemas import SignedUrl, error_responses
-from filesvc.signing import signature
+from filesvc.signing import MAX_SIGNED_SECONDS, signature
 
 router = APIRouter(prefix="/files", tags=["files"])
 
 #: Default lifetime of a signed URL, in seconds.
 DEFAULT_SIGNED_URL_SECONDS = 3600
-#: Longest lifetime of a signed URL: a week, as for S3 presigned URLs.
-MAX_SIGNED_URL_SECONDS = 7 * 24 * 3600
 
 
 @router.post(
@@ -40,7 +38,7 @@ async def create_signed_url(
     resources: ResourcesDep,
     expires_in: Annotated[
         int,
-        Query(ge=1, le=MAX_SIGNED_URL_SECONDS, description="Lifetime of the URL, in seconds."),
+        Query(ge=1, le=MAX_SIGNED_SECONDS, description="Lifetime of the URL, in seconds."),
     ] = DEFAULT_SIGNED_URL_SECONDS,
 ) -> SignedUrl:
     row = await crud.get_file(session, file_id)

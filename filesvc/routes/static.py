@@ -36,15 +36,13 @@ from filesvc.serving import (
     select,
     validator_headers,
 )
-from filesvc.signing import verify
+from filesvc.signing import MAX_SIGNED_SECONDS, verify
 from filesvc.storage import ObjectNotFound, Storage
 
 #: Lifetime of the presigned storage URL a public file redirects to.
 REDIRECT_URL_SECONDS = 3600
 #: How long caches may keep that redirect: well inside the URL's lifetime.
 REDIRECT_CACHE_SECONDS = 300
-#: Longest lifetime S3 accepts for a presigned URL.
-MAX_PRESIGNED_SECONDS = 7 * 24 * 3600
 
 ExpiresQuery = Annotated[str | None, Query(description="Expiry (Unix seconds) of a signed URL.")]
 SignatureQuery = Annotated[str | None, Query(description="HMAC-SHA256 signature of a signed URL.")]
@@ -132,7 +130,7 @@ async def _open(storage: Storage, key: str, offset: int, length: int) -> AsyncIt
 def _presign_seconds(expires: str | None) -> int:
     if expires is None:
         return REDIRECT_URL_SECONDS
-    return max(1, min(int(expires) - int(time.time()), MAX_PRESIGNED_SECONDS))
+    return max(1, min(int(expires) - int(time.time()), MAX_SIGNED_SECONDS))
 
 
 async def respond(

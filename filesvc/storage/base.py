@@ -8,6 +8,7 @@ abort on every failure path, cancellation included.
 
 from __future__ import annotations
 
+import re
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
@@ -100,6 +101,10 @@ class Storage(ABC):
 
     async def aclose(self) -> None:
         return None
+
+
+#: What a storage key may look like: generated path segments, never client input.
+STORAGE_KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 
 
 def new_key(file_id: str) -> str:

@@ -12,7 +12,6 @@ import ctypes
 import errno
 import io
 import os
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -25,11 +24,16 @@ import aiofiles.os
 import anyio
 
 from filesvc.errors import InsufficientStorage, StorageUnavailable
-from filesvc.storage.base import ObjectNotFound, Storage, StorageWriter, StoredObject
+from filesvc.storage.base import (
+    STORAGE_KEY,
+    ObjectNotFound,
+    Storage,
+    StorageWriter,
+    StoredObject,
+)
 
 #: Suffix of in-progress writes; never a suffix of a committed key.
 TEMP_SUFFIX = ".part"
-_KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 
@@ -155,7 +159,7 @@ class LocalStorage(Storage):
 
     def path(self, key: str) -> Path:
         """The file of a key; the one place that turns keys into paths."""
-        if not _KEY.match(key):
+        if not STORAGE_KEY.match(key):
             raise ObjectNotFound(key)
         path = (self.root / key).resolve()
         if os.path.commonpath([self.root, path]) != str(self.root):
@@ -206,7 +210,7 @@ class LocalStorage(Storage):
         ``/proc/self/fd`` says it leads. One system call rather than one per
         path component, and no window between the check and the open.
         """
-        if not _KEY.match(key):
+        if not STORAGE_KEY.match(key):
             raise ObjectNotFound(key)
         # O_NONBLOCK: opening a FIFO planted under the root must not wait for a writer.
         fd = os.open(f"{self.root}/{key}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,7 +16,7 @@ import anyio
 from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError, ValidationError
 
 from filesvc.errors import StorageUnavailable
-from filesvc.storage.base import ObjectNotFound
+from filesvc.storage.base import STORAGE_KEY, ObjectNotFound
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -40,7 +39,6 @@ def joined(pieces: Pieces) -> bytes:
 
 T = TypeVar("T")
 
-_KEY = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 _NOT_FOUND_CODES = {"NoSuchKey", "NoSuchUpload", "NotFound", "404"}
 # Answers that say "not now" or "not with this configuration": the service
 # answers 503 and /readyz names the cause, rather than a 500.
@@ -123,7 +121,7 @@ class S3Objects:
 
     def object_key(self, key: str) -> str:
         """The S3 key of a storage key; the one place that builds them."""
-        if not _KEY.match(key):
+        if not STORAGE_KEY.match(key):
             raise ObjectNotFound(key)
         return self.prefix + key
 
