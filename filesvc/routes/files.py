@@ -17,6 +17,7 @@ from filesvc.deps import ResourcesDep, SessionDep, SettingsDep
 from filesvc.errors import InvalidRequest
 from filesvc.formparser import is_multipart
 from filesvc.models import VISIBILITIES, StoredFile, Visibility
+from filesvc.routemap import API_PREFIX
 from filesvc.schemas import (
     FileBatch,
     FileList,
@@ -111,7 +112,7 @@ async def upload_file(
     return JSONResponse(
         file_out(resources.settings, row).model_dump(mode="json"),
         status_code=201,
-        headers={"Location": f"/api/v1/files/{row.id}"},
+        headers={"Location": f"{API_PREFIX}/files/{row.id}"},
     )
 
 

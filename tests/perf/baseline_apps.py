@@ -46,3 +46,48 @@ static_app = Starlette(
         )
     ]
 )
+
+
+async def bare_upload_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The least an upload server can do for filesvc's guarantees, as bare ASGI.
+
+    It does the same work as a filesvc raw upload (receive, SHA-256, write to a
+    temporary file, fsync, rename) with nothing else: no parsing, limits,
+    sniffing, database row or overlap. filesvc is measured as a ratio to it.
+    """
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["path"] == "/healthz":
+        body = b'{"status": "ok"}'
+    else:
+        store = Path(os.environ["BENCH_STORE_DIR"])
+        temp = store / f".{secrets.token_hex(8)}.part"
+        digest = hashlib.sha256()
+        size = 0
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            more = True
+            while more:
+                message = await receive()
+                chunk = message.get("body", b"")
+                digest.update(chunk)
+                os.write(fd, chunk)
+                size += len(chunk)
+                more = message.get("more_body", False)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        final = temp.with_name(temp.name[1:-5])
+        os.replace(temp, final)
+        body = (f'{{"size": {size}, "sha256": "{digest.hexdigest()}", "path": "{final}"}}').encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 201 if scope["path"] != "/healthz" else 200,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

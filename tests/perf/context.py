@@ -64,7 +64,7 @@ class Bench:
             port=port,
             log=directory / "uvicorn.log",
             env=env,
-            ready_path="/healthz" if app == "upload_app" else "/files/",
+            ready_path="/healthz" if app in ("upload_app", "bare_upload_app") else "/files/",
         )
 
 
