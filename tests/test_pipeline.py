@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 
+import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from filesvc import crud
+from filesvc.config import Settings
+from filesvc.db import create_engine, create_session_factory, migrate
 from filesvc.errors import InvalidRequest
 from filesvc.formparser import Field, FileData, FileEnd, FileStart, FormParser
-from filesvc.pipeline import parse_repr_digest
+from filesvc.pipeline import UploadPipeline, parse_repr_digest
+from filesvc.storage import create_storage
+from tests.images import make_image
+from tests.servers import LiveServer
 
 DIGEST = hashlib.sha256(b"hello").digest()
 B64 = base64.b64encode(DIGEST).decode()
@@ -103,3 +112,48 @@ def test_the_form_parser_applies_the_form_limits() -> None:
         _events(_parser(), _body(("f", None, b"1"))[:-10], 4096)
     with pytest.raises(InvalidRequest, match="boundary"):
         FormParser("multipart/form-data", max_fields=1, max_field_bytes=1, max_part_header_bytes=1)
+
+
+def test_a_malformed_repr_digest_is_400_and_nothing_is_kept(server: LiveServer) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        response = client.post(
+            "/api/v1/files?filename=a.png",
+            content=make_image(),
+            headers={"Repr-Digest": f'sha-256="{B64}"'},
+        )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_request"
+    assert "Repr-Digest" in response.json()["error"]["message"]
+    assert server.row_count() == 0 and server.stored_objects() == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_commit_cancelled_in_flight_keeps_the_bytes_of_a_row_that_landed(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = create_engine(settings)
+    storage = create_storage(settings)
+    try:
+        await migrate(engine)
+        sessions = create_session_factory(engine)
+        pipeline = UploadPipeline(settings, storage, sessions)
+        async with pipeline.receiver(filename="a.png") as receiver:
+            await receiver.feed(make_image())
+            row = await receiver.finish()
+        real_commit = AsyncSession.commit
+
+        async def commit_then_cancelled(self: AsyncSession) -> None:
+            await real_commit(self)  # the row lands; then the answer is lost to a cancel
+            raise asyncio.CancelledError()
+
+        monkeypatch.setattr(AsyncSession, "commit", commit_then_cancelled)
+        with pytest.raises(asyncio.CancelledError):
+            await pipeline.record([row], "public")
+        monkeypatch.undo()
+        async with sessions() as session:
+            assert await crud.existing_ids(session, [row.id]) == {row.id}
+        assert (await storage.stat(row.storage_key)).size == row.size  # not discarded
+    finally:
+        await storage.aclose()
+        await engine.dispose()
