@@ -317,7 +317,8 @@ class UploadPipeline:
     ) -> dict[str, str]:
         fields: dict[str, str] = {}
         receiver: FileReceiver | None = None
-        filename = ""
+        #: The name of the file part being received, for a refusal's details.
+        current: str | None = None
         async with AsyncExitStack() as stack:
             async for chunk in client_paced_body(request, self.settings):
                 try:
@@ -328,17 +329,17 @@ class UploadPipeline:
                         elif isinstance(event, Field):
                             fields[event.name] = event.value
                         elif isinstance(event, FileStart):
-                            filename = event.filename
+                            current = event.filename
                             receiver = await stack.enter_async_context(
                                 self._file_part(event, fields, len(files), max_files)
                             )
                         elif isinstance(event, FileEnd):
                             assert receiver is not None
                             files.append(await receiver.finish())
-                            receiver = None
+                            receiver = current = None
                 except FilesvcError as exc:
-                    if max_files > 1 and receiver is not None:
-                        name = sanitize_filename(filename)
+                    if max_files > 1 and current is not None:
+                        name = sanitize_filename(current)
                         exc.with_details({"index": len(files), "filename": name})
                     raise
                 if parser.finished:
