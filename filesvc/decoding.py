@@ -1,19 +1,35 @@
 """One image-decoding memory budget per process.
 
 Every decode (the upload check, variant renders) reserves the bytes of the
-bitmap it is about to allocate before Pillow allocates them, so a few hostile
-headers that each promise tens of megapixels cannot take the process's memory:
-they wait a bounded time for room, then get 503 with ``Retry-After``.
-Reservations block, so they are taken in worker threads, never on the event loop.
+bitmap it is about to allocate, plus what the decoder allocates on top, before
+Pillow allocates them, so a few hostile headers that each promise tens of
+megapixels cannot take the process's memory: they wait a bounded time for
+room, then get 503 with ``Retry-After``. Reservations block, so they are taken
+in worker threads, never on the event loop.
+
+Freed bitmaps must also leave the process: glibc keeps freed heap memory in
+per-thread arenas, and its mmap threshold grows after each large free, so after
+a burst of decodes the memory stays taken. :func:`tune_allocator` pins the
+threshold (large buffers are mmapped, untouched pages cost nothing, a free
+returns them) and :meth:`DecodeBudget.reserve` trims the arenas after a large
+reservation ends.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from filesvc.errors import InvalidContent, ServiceUnavailable
+
+#: Allocations at least this large are mmapped (glibc's ``M_MMAP_THRESHOLD``).
+MMAP_THRESHOLD_BYTES = 1024 * 1024
+#: A reservation at least this large trims the allocator's free memory when it ends.
+TRIM_AFTER_BYTES = 16 * 1024 * 1024
+_M_MMAP_THRESHOLD = -3
 
 
 class DecodeBudgetExhausted(ServiceUnavailable):
@@ -21,19 +37,81 @@ class DecodeBudgetExhausted(ServiceUnavailable):
     message = "Too many images are being decoded; retry shortly."
 
 
-class DecodeBudget:
-    """Bytes of decoded bitmaps that may exist at once in this process."""
+def bitmap_bytes(mode: str, size: tuple[int, int]) -> int:
+    """Bytes of a Pillow image of ``mode`` and ``size``: 1, 2 or 4 per pixel, plus row pointers."""
+    width, height = size
+    if mode in ("1", "L", "P"):
+        pixel = 1
+    elif mode.startswith("I;16"):
+        pixel = 2
+    else:  # RGB is stored as 4 bytes a pixel, like RGBA, CMYK, I and F
+        pixel = 4
+    return width * height * pixel + height * 8
 
-    def __init__(self, limit_bytes: int, wait_seconds: float) -> None:
+
+class _Allocator:
+    """glibc's malloc knobs, when the C library is glibc."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tuned = False
+        self._libc: ctypes.CDLL | None = None
+        name = ctypes.util.find_library("c")
+        try:
+            libc = ctypes.CDLL(name)
+            libc.mallopt  # noqa: B018 (absent on musl and macOS)
+            libc.malloc_trim  # noqa: B018
+        except (OSError, AttributeError, TypeError):
+            return
+        libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        self._libc = libc
+
+    def tune(self) -> None:
+        with self._lock:
+            if self._libc is not None and not self._tuned:
+                # A fixed threshold also stops glibc raising it (up to 32 MiB) after each free.
+                self._libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+                self._tuned = True
+
+    def trim(self) -> None:
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
+
+
+_allocator = _Allocator()
+
+
+def tune_allocator() -> None:
+    """Make large decode buffers come from mmap, so that freeing them returns them (idempotent)."""
+    _allocator.tune()
+
+
+class DecodeBudget:
+    """Bytes of decoded bitmaps (and decoder buffers) that may exist at once in this process."""
+
+    def __init__(
+        self,
+        limit_bytes: int,
+        wait_seconds: float,
+        *,
+        on_change: Callable[[int], None] | None = None,
+    ) -> None:
         self.limit_bytes = limit_bytes
         self.wait_seconds = wait_seconds
+        self._on_change = on_change
         self._in_use = 0
         self._room = threading.Condition()
+        tune_allocator()
 
     @property
     def in_use(self) -> int:
         """Bytes reserved right now (for ``/metrics``)."""
         return self._in_use
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self._in_use)
 
     @contextmanager
     def reserve(self, nbytes: int) -> Iterator[None]:
@@ -54,9 +132,13 @@ class DecodeBudget:
             if not fits:
                 raise DecodeBudgetExhausted()
             self._in_use += nbytes
+            self._changed()
         try:
             yield
         finally:
             with self._room:
                 self._in_use -= nbytes
+                self._changed()
                 self._room.notify_all()
+            if nbytes >= TRIM_AFTER_BYTES:
+                _allocator.trim()

@@ -9,6 +9,7 @@ import zlib
 import pytest
 from PIL import Image
 
+from filesvc.decoding import DecodeBudget
 from filesvc.errors import InvalidContent
 from filesvc.imaging import ImageProbe
 from tests.images import FORMATS, make_image
@@ -17,7 +18,7 @@ from tests.images import FORMATS, make_image
 def probe(
     content_type: str, data: bytes, chunk: int = 7000, max_pixels: int = 10**8
 ) -> tuple[int, int]:
-    image_probe = ImageProbe(content_type, max_pixels)
+    image_probe = ImageProbe(content_type, max_pixels, DecodeBudget(512 * 2**20, 0))
     for start in range(0, len(data), chunk):
         image_probe.feed(data[start : start + chunk])
     return image_probe.finish()
@@ -75,7 +76,7 @@ def test_header_that_lies_about_dimensions_is_refused() -> None:
 
 
 def test_abandon_lets_the_thread_end() -> None:
-    image_probe = ImageProbe("image/png", 10**8)
+    image_probe = ImageProbe("image/png", 10**8, DecodeBudget(2**20, 0))
     image_probe.feed(make_image()[:20])
     image_probe.abandon()
     image_probe._thread.join(timeout=5)
