@@ -157,6 +157,5 @@ def test_a_flood_of_hostile_images_stays_within_memory_bounds(tmp_path: Path) ->
             after = _status_kib(serve.pid, "VmRSS")
     finally:
         serve.stop()
-    print(f"idle {idle} KiB, peak {peak} KiB, after {after} KiB, real {real}")
     assert peak - idle < 400 * 1024, f"peak {peak} KiB, idle {idle} KiB"
     assert after - idle < 64 * 1024, f"after {after} KiB, idle {idle} KiB"
