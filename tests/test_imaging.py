@@ -193,7 +193,7 @@ def test_the_decode_holds_its_reservation_only_while_decoding() -> None:
 def test_importing_imaging_leaves_the_warnings_filter_alone() -> None:
     code = (
         "import warnings; before = list(warnings.filters); "
-        "import filesvc.imaging, filesvc.uploads; "
+        "import filesvc.imaging, filesvc.pipeline; "
         "assert warnings.filters == before, warnings.filters[:3]"
     )
     subprocess.run([sys.executable, "-W", "default", "-c", code], check=True)
