@@ -25,10 +25,15 @@ from contextlib import contextmanager
 
 from filesvc.errors import InvalidContent, ServiceUnavailable
 
-#: Allocations at least this large are mmapped (glibc's ``M_MMAP_THRESHOLD``).
-MMAP_THRESHOLD_BYTES = 1024 * 1024
+#: Allocations at least this large are mmapped (glibc's ``M_MMAP_THRESHOLD``): above the
+#: upload pipeline's 1 MiB chunks, which would otherwise be mapped and faulted in afresh.
+MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
+#: Free memory kept at the top of a heap before it is given back (``M_TRIM_THRESHOLD``);
+#: pinning the mmap threshold would otherwise leave this at 128 KiB and churn the heap.
+TRIM_THRESHOLD_BYTES = 32 * 1024 * 1024
 #: A reservation at least this large trims the allocator's free memory when it ends.
 TRIM_AFTER_BYTES = 16 * 1024 * 1024
+_M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 
 
@@ -72,6 +77,7 @@ class _Allocator:
             if self._libc is not None and not self._tuned:
                 # A fixed threshold also stops glibc raising it (up to 32 MiB) after each free.
                 self._libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+                self._libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
                 self._tuned = True
 
     def trim(self) -> None:
