@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -88,42 +86,39 @@ def _gauge(client: httpx.Client) -> float:
 
 
 def test_a_full_budget_answers_503_with_retry_after(tmp_path: Path) -> None:
-    """One upload's decode holds the budget while its client pauses; the next gets 503."""
+    """While another decode holds the budget, an image upload gets 503, then 201 once it ends."""
     server = LiveServer(_settings(tmp_path, image_decode_budget_bytes=5 * MiB, image_decode_wait=0))
     server.start()
-    # About 3 MB on the wire, a 4 MB bitmap: one decode fits in 5 MiB, two do not.
-    image = make_image("image/png", size=(1000, 1000), noise=True)
-    head, rest = image[: 2 * MiB], image[2 * MiB :]
-    resume = threading.Event()
+    budget = server.app.state.resources.decode_budget
+    image = make_image("image/png", size=(1000, 1000))  # a 4 MB bitmap
+    held = threading.Event()
+    release = threading.Event()
 
-    def paused_body() -> Iterator[bytes]:
-        yield head
-        resume.wait()
-        yield rest
+    def other_decode() -> None:  # as a variant render or a slow upload's decode would
+        with budget.reserve(2 * MiB):
+            held.set()
+            release.wait()
 
+    holder = threading.Thread(target=other_decode)
+    holder.start()
     try:
-        with (
-            httpx.Client(base_url=server.url, timeout=60) as client,
-            ThreadPoolExecutor(1) as pool,
-        ):
-            first = pool.submit(
-                client.post, UPLOAD, params={"filename": "a.png"}, content=paused_body()
-            )
-            deadline = time.monotonic() + 30
-            while _gauge(client) < 4_000_000:  # the first decode has reserved its bitmap
-                assert time.monotonic() < deadline and not first.done()
-                resume.wait(0.02)
-            refused = client.post(UPLOAD, params={"filename": "b.png"}, content=image)
+        held.wait()
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert _gauge(client) == 2 * MiB
+            refused = client.post(UPLOAD, params={"filename": "a.png"}, content=image)
             assert refused.status_code == 503, refused.text
             assert refused.json()["error"]["code"] == "decode_budget_exhausted"
             assert int(refused.headers["Retry-After"]) > 0
-            resume.set()
-            assert first.result().status_code == 201
+            assert server.row_count() == 0 and not server.stored_paths()
+            release.set()
+            holder.join()
             assert _gauge(client) == 0
-            again = client.post(UPLOAD, params={"filename": "b.png"}, content=image)
-            assert again.status_code == 201, again.text
+            accepted = client.post(UPLOAD, params={"filename": "a.png"}, content=image)
+            assert accepted.status_code == 201, accepted.text
+            assert _gauge(client) == 0
     finally:
-        resume.set()
+        release.set()
+        holder.join()
         server.stop()
 
 
