@@ -129,6 +129,7 @@ def _status_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field}")
 
 
+@pytest.mark.slow  # hundreds of MiB of bitmaps in a server subprocess
 def test_a_flood_of_hostile_images_stays_within_memory_bounds(tmp_path: Path) -> None:
     """16 lying headers and 16 real big bitmaps at once: peak RSS bounded, then back near idle."""
     serve = ServeProcess(tmp_path / "data", env={"FILESVC_LOG_LEVEL": "warning"}).start()
