@@ -119,18 +119,14 @@ class DecodeBudget:
         if self._on_change is not None:
             self._on_change(self._in_use)
 
-    @contextmanager
-    def reserve(self, nbytes: int) -> Iterator[None]:
-        """Hold ``nbytes`` of the budget for the block; blocks, so call from a worker thread.
-
-        A request larger than the whole budget can never fit: it is refused at
-        once (422) rather than made to wait.
-        """
+    def _check_fits(self, nbytes: int) -> None:
         if nbytes > self.limit_bytes:
             raise InvalidContent(
                 f"Decoding this image needs {nbytes} bytes, more than the limit of "
                 f"{self.limit_bytes}."
             )
+
+    def _take(self, nbytes: int) -> None:
         with self._room:
             fits = self._room.wait_for(
                 lambda: self._in_use + nbytes <= self.limit_bytes, timeout=self.wait_seconds
@@ -139,12 +135,42 @@ class DecodeBudget:
                 raise DecodeBudgetExhausted()
             self._in_use += nbytes
             self._changed()
+
+    @contextmanager
+    def reserve(self, nbytes: int, *, up_to: int | None = None) -> Iterator[Reservation]:
+        """Hold ``nbytes`` of the budget for the block; blocks, so call from a worker thread.
+
+        A decode whose memory is touched as its data arrives (rows of a bitmap
+        whose untouched pages are never resident) may start smaller and
+        :meth:`Reservation.grow_to` at most ``up_to`` bytes as it goes. A
+        request larger than the whole budget can never fit: it is refused at
+        once (422) rather than made to wait.
+        """
+        self._check_fits(max(nbytes, up_to or 0))
+        self._take(nbytes)
+        reservation = Reservation(self, nbytes, up_to if up_to is not None else nbytes)
         try:
-            yield
+            yield reservation
         finally:
             with self._room:
-                self._in_use -= nbytes
+                self._in_use -= reservation.nbytes
                 self._changed()
                 self._room.notify_all()
-            if nbytes >= TRIM_AFTER_BYTES:
+            if reservation.nbytes >= TRIM_AFTER_BYTES:
                 _allocator.trim()
+
+
+class Reservation:
+    """Bytes one decode holds; it may grow as the decoder fills its bitmap."""
+
+    def __init__(self, budget: DecodeBudget, nbytes: int, ceiling: int) -> None:
+        self._budget = budget
+        self.nbytes = nbytes
+        self.ceiling = ceiling
+
+    def grow_to(self, nbytes: int) -> None:
+        """Hold ``nbytes`` in all (at most the ceiling); waits like :meth:`DecodeBudget.reserve`."""
+        extra = min(nbytes, self.ceiling) - self.nbytes
+        if extra > 0:
+            self._budget._take(extra)
+            self.nbytes += extra

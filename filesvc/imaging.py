@@ -30,9 +30,16 @@ from typing import IO
 
 from PIL import Image, ImageFile
 
-from filesvc.decoding import DecodeBudget, bitmap_bytes
+from filesvc.decoding import MMAP_THRESHOLD_BYTES, DecodeBudget, bitmap_bytes
 from filesvc.errors import FilesvcError, InvalidContent
-from filesvc.screening import HEAD_BYTES, JpegScreen, Screen, WebpScreen, screen_for
+from filesvc.screening import (
+    HEAD_BYTES,
+    JpegScreen,
+    PngScreen,
+    Screen,
+    WebpScreen,
+    screen_for,
+)
 from filesvc.sniffing import PILLOW_FORMATS
 
 
@@ -201,13 +208,28 @@ class ImageProbe:
             if isinstance(screen, JpegScreen):
                 # 1/8 scale: libjpeg still decodes every block's coefficients.
                 image.draft(image.mode, (1, 1))
-            need = screen.bitmap_copies * bitmap_bytes(image.mode, image.size)
-            with self._budget.reserve(need + screen.extra_bytes(width)):
-                try:
-                    image.load()
-                finally:
-                    image.close()  # frees the bitmap inside the reservation
+            bitmap = screen.bitmap_copies * bitmap_bytes(image.mode, image.size)
+            full = bitmap + screen.extra_bytes(width)
+            if isinstance(screen, PngScreen) and not screen.interlaced:
+                # Rows are written (and their pages made resident) as the data fills
+                # them: start with what is touched at once and grow with the rows.
+                # An interlaced image's first pass touches every page.
+                row = bitmap_bytes(image.mode, (image.size[0], 1))
+                start = full - bitmap + min(bitmap, MMAP_THRESHOLD_BYTES + height * 8)
+                with self._budget.reserve(start, up_to=full) as reservation:
+                    screen.on_rows = lambda rows: reservation.grow_to(start + rows * row)
+                    self._load(image)
+            else:
+                with self._budget.reserve(full):
+                    self._load(image)
         return width, height
+
+    @staticmethod
+    def _load(image: ImageFile.ImageFile) -> None:
+        try:
+            image.load()
+        finally:
+            image.close()  # frees the bitmap inside the reservation
 
     def _decode_webp(self, screen: WebpScreen, reader: IO[bytes]) -> tuple[int, int]:
         # libwebp allocates its canvases as the file is opened: reserve first.

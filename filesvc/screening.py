@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 from filesvc.errors import InvalidContent
@@ -369,12 +369,16 @@ class PngScreen(Screen):
     Pillow accepts a PNG whose compressed data ends cleanly after a few rows
     (the rest of the bitmap stays blank): the screen inflates the data as it
     passes (counting bytes, keeping none) and refuses it unless it holds every
-    row the header declares.
+    row the header declares. As it counts, it tells :attr:`on_rows` how many
+    rows the data passed on so far can fill, so that a decode's reservation
+    grows with its data rather than with its header's promise.
     """
 
     bitmap_copies = 1
 
     def __init__(self) -> None:
+        self.on_rows: Callable[[int], None] | None = None
+        self.interlaced = False
         self.width = self.height = 0
         self._row_bytes = 0
         self._expected = 0
@@ -408,6 +412,9 @@ class PngScreen(Screen):
                 yield head
                 for piece in reader.pieces(length, "PNG image data"):
                     self._inflate(piece)
+                    if self.on_rows is not None and not self.interlaced:
+                        # The row being filled counts too.
+                        self.on_rows(min(self.height, self._inflated // (self._row_bytes + 1) + 1))
                     yield piece
                 yield reader.read(4, "PNG image data")
                 continue
@@ -437,6 +444,7 @@ class PngScreen(Screen):
             raise InvalidContent("The PNG's header chunk is invalid.")
         bits = _PNG_CHANNELS[colour] * depth
         self.width, self.height = width, height
+        self.interlaced = bool(interlace)
         self._row_bytes = _ceil_div(width * bits, 8)
         if interlace:
             passes = []
