@@ -94,7 +94,14 @@ def tune_allocator() -> None:
 
 
 class DecodeBudget:
-    """Bytes of decoded bitmaps (and decoder buffers) that may exist at once in this process."""
+    """Bytes of decoded bitmaps (and decoder buffers) that may exist at once in this process.
+
+    A reservation may start below its ceiling and grow (see :meth:`reserve`).
+    Room is given only when every decode holding part of the budget could
+    still finish, one after another, each growing to its ceiling as the
+    previous ones give theirs back (a banker's check), so decodes that grow
+    never wait on each other for ever.
+    """
 
     def __init__(
         self,
@@ -107,6 +114,7 @@ class DecodeBudget:
         self.wait_seconds = wait_seconds
         self._on_change = on_change
         self._in_use = 0
+        self._active: set[Reservation] = set()
         self._room = threading.Condition()
         tune_allocator()
 
@@ -126,15 +134,32 @@ class DecodeBudget:
                 f"{self.limit_bytes}."
             )
 
-    def _take(self, nbytes: int) -> None:
+    def _safe_with(self, reservation: Reservation, nbytes: int) -> bool:
+        """Whether ``reservation`` may hold ``nbytes`` and every decode still finish."""
+        held = {r: r.nbytes for r in self._active}
+        held[reservation] = nbytes
+        free = self.limit_bytes - sum(held.values())
+        if free < 0:
+            return False
+        for r in sorted(held, key=lambda r: r.ceiling - held[r]):
+            if r.ceiling - held[r] > free:
+                return False
+            free += held[r]
+        return True
+
+    def _take(self, reservation: Reservation, nbytes: int) -> None:
         with self._room:
             fits = self._room.wait_for(
-                lambda: self._in_use + nbytes <= self.limit_bytes, timeout=self.wait_seconds
+                lambda: self._safe_with(reservation, nbytes), timeout=self.wait_seconds
             )
             if not fits:
                 raise DecodeBudgetExhausted()
-            self._in_use += nbytes
+            self._in_use += nbytes - reservation.nbytes
+            reservation.nbytes = nbytes
+            self._active.add(reservation)
             self._changed()
+            # Less room, but a smaller need ahead: another waiter may now be safe.
+            self._room.notify_all()
 
     @contextmanager
     def reserve(self, nbytes: int, *, up_to: int | None = None) -> Iterator[Reservation]:
@@ -146,13 +171,15 @@ class DecodeBudget:
         request larger than the whole budget can never fit: it is refused at
         once (422) rather than made to wait.
         """
-        self._check_fits(max(nbytes, up_to or 0))
-        self._take(nbytes)
-        reservation = Reservation(self, nbytes, up_to if up_to is not None else nbytes)
+        ceiling = max(nbytes, up_to or 0)
+        self._check_fits(ceiling)
+        reservation = Reservation(self, ceiling)
+        self._take(reservation, nbytes)
         try:
             yield reservation
         finally:
             with self._room:
+                self._active.discard(reservation)
                 self._in_use -= reservation.nbytes
                 self._changed()
                 self._room.notify_all()
@@ -161,16 +188,15 @@ class DecodeBudget:
 
 
 class Reservation:
-    """Bytes one decode holds; it may grow as the decoder fills its bitmap."""
+    """Bytes one decode holds; it may grow, up to its ceiling, as the decoder fills its bitmap."""
 
-    def __init__(self, budget: DecodeBudget, nbytes: int, ceiling: int) -> None:
+    def __init__(self, budget: DecodeBudget, ceiling: int) -> None:
         self._budget = budget
-        self.nbytes = nbytes
+        self.nbytes = 0
         self.ceiling = ceiling
 
     def grow_to(self, nbytes: int) -> None:
         """Hold ``nbytes`` in all (at most the ceiling); waits like :meth:`DecodeBudget.reserve`."""
-        extra = min(nbytes, self.ceiling) - self.nbytes
-        if extra > 0:
-            self._budget._take(extra)
-            self.nbytes += extra
+        nbytes = min(nbytes, self.ceiling)
+        if nbytes > self.nbytes:
+            self._budget._take(self, nbytes)

@@ -63,6 +63,26 @@ def test_a_full_budget_refuses_after_its_wait() -> None:
     assert budget.in_use == 0
 
 
+def test_growing_reservations_are_admitted_only_if_all_can_still_finish() -> None:
+    budget = DecodeBudget(100, 0)
+    with budget.reserve(10, up_to=100) as first:
+        with budget.reserve(50):  # returns its bytes when done: first can still grow after
+            pass
+        # Two decodes that may each grow to 100 could wait on each other for ever.
+        with pytest.raises(DecodeBudgetExhausted):
+            with budget.reserve(10, up_to=100):
+                pass
+        with budget.reserve(10, up_to=20) as second:
+            first.grow_to(80)
+            with pytest.raises(DecodeBudgetExhausted):  # second could not finish then
+                first.grow_to(81)
+            second.grow_to(20)
+            assert budget.in_use == 100
+        first.grow_to(100)
+        assert budget.in_use == 100
+    assert budget.in_use == 0
+
+
 def test_more_than_the_whole_budget_is_invalid_content_at_once() -> None:
     with pytest.raises(InvalidContent, match="more than the limit"):
         with DecodeBudget(100, 3600).reserve(101):
