@@ -219,8 +219,8 @@ class JpegScreen(Screen):
             if reader.peek_byte() is None:
                 self._check_complete()
                 return
-            if reader.read(1, "JPEG header") != b"\xff":
-                raise InvalidContent("The JPEG has bytes between its segments.")
+            while reader.read(1, "JPEG header") != b"\xff":
+                pass  # stray bytes before a marker: libjpeg skips them too
             marker = reader.peek_byte()
             while marker == 0xFF:  # fill bytes
                 reader.skip(1, "JPEG header")

@@ -218,3 +218,9 @@ def test_importing_imaging_leaves_the_warnings_filter_alone() -> None:
         "assert warnings.filters == before, warnings.filters[:3]"
     )
     subprocess.run([sys.executable, "-W", "default", "-c", code], check=True)
+
+
+def test_jpeg_with_stray_bytes_between_segments_is_accepted() -> None:
+    data = make_image("image/jpeg", size=(97, 61))
+    at = data.index(b"\xff\xdb")  # before the first quantization table
+    assert probe("image/jpeg", data[:at] + b"\0\0\0" + data[at:]) == (97, 61)
