@@ -16,6 +16,7 @@ from starlette.responses import Response
 from filesvc import __version__, auth
 from filesvc.config import Settings
 from filesvc.db import create_engine, create_session_factory, migrate
+from filesvc.decoding import DecodeBudget
 from filesvc.deps import Resources
 from filesvc.handlers import install_error_handlers
 from filesvc.keys import KeyRing
@@ -70,6 +71,11 @@ def _lifespan(
             sessions = create_session_factory(engine)
             lookup = create_lookup(settings, engine)
             stack.push_async_callback(lookup.aclose)
+            decode_budget = DecodeBudget(
+                settings.image_decode_budget_bytes,
+                settings.image_decode_wait,
+                on_change=metrics.decode_bytes_in_use.set,
+            )
             app.state.resources = Resources(
                 settings=settings,
                 engine=engine,
@@ -79,7 +85,8 @@ def _lifespan(
                 keyring=KeyRing.from_settings(settings),
                 metrics=metrics,
                 lookup=lookup,
-                uploads=UploadPipeline(settings, storage, sessions),
+                uploads=UploadPipeline(settings, storage, sessions, decode_budget),
+                decode_budget=decode_budget,
             )
             yield
 

@@ -111,6 +111,18 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, gt=0, description="Largest image (width × height) accepted; bigger is 422."
     )
+    image_decode_budget_bytes: int = Field(
+        256 * MiB,
+        ge=MiB,
+        description="Bytes of decoded images (bitmaps and decoder buffers) that may exist at "
+        "once in one process; an image that needs more than all of it is 422.",
+    )
+    image_decode_wait: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds an image check waits for room in the decode budget before the "
+        "upload is answered 503 with `Retry-After`.",
+    )
     allowed_types: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["image/jpeg", "image/png", "image/gif", "image/webp"],
         description="Content types accepted, detected from the bytes (JSON array or a,b,c).",

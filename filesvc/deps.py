@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from filesvc.config import Settings
+from filesvc.decoding import DecodeBudget
 from filesvc.keys import KeyRing
 from filesvc.lookup import FileLookup
 from filesvc.metrics import Metrics
@@ -30,6 +31,7 @@ class Resources:
     metrics: Metrics
     lookup: FileLookup
     uploads: UploadPipeline
+    decode_budget: DecodeBudget
 
 
 def get_resources(request: Request) -> Resources:

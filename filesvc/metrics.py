@@ -96,6 +96,12 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+        self.decode_bytes_in_use = Gauge(
+            "filesvc_image_decode_bytes_in_use",
+            "Bytes of the image-decoding memory budget reserved right now.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
         self.export_rows = Counter(
             "filesvc_export_rows",
             "Rows written into CSV exports, by dataset.",

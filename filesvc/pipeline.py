@@ -33,6 +33,7 @@ from starlette.requests import Request
 from filesvc import crud
 from filesvc.bodies import check_content_length, check_query_utf8, client_paced_body
 from filesvc.config import Settings
+from filesvc.decoding import DecodeBudget
 from filesvc.errors import (
     ChecksumMismatch,
     FilesvcError,
@@ -119,9 +120,11 @@ class FileReceiver:
         filename: str | None,
         expected_sha256: str | None = None,
         file_id: str | None = None,
+        decode_budget: DecodeBudget,
     ) -> None:
         self._settings = settings
         self._storage = storage
+        self._decode_budget = decode_budget
         self.id = file_id or new_file_id()
         self.key = new_key(self.id)
         self.filename = sanitize_filename(filename)
@@ -174,7 +177,9 @@ class FileReceiver:
     async def _start(self) -> None:
         self.content_type = allowed_type(b"".join(self._pieces)[:SNIFF_BYTES], self._settings)
         if self.content_type in RASTER_IMAGE_TYPES:
-            self._probe = ImageProbe(self.content_type, self._settings.max_image_pixels)
+            self._probe = ImageProbe(
+                self.content_type, self._settings.max_image_pixels, self._decode_budget
+            )
         self._writer = await self._stack.enter_async_context(open_writer(self._storage, self.key))
 
     async def _flush(self) -> None:
@@ -242,11 +247,16 @@ class UploadPipeline:
     """Turns request bodies into recorded files: all of them, or none and no bytes."""
 
     def __init__(
-        self, settings: Settings, storage: Storage, sessions: async_sessionmaker[AsyncSession]
+        self,
+        settings: Settings,
+        storage: Storage,
+        sessions: async_sessionmaker[AsyncSession],
+        decode_budget: DecodeBudget,
     ) -> None:
         self.settings = settings
         self.storage = storage
         self._sessions = sessions
+        self._decode_budget = decode_budget
 
     def receiver(
         self,
@@ -262,6 +272,7 @@ class UploadPipeline:
             filename=filename,
             expected_sha256=expected_sha256,
             file_id=file_id,
+            decode_budget=self._decode_budget,
         )
 
     async def raw(
