@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from filesvc import crud
 from filesvc.config import Settings
 from filesvc.db import create_engine, create_session_factory, migrate
+from filesvc.decoding import DecodeBudget
 from filesvc.errors import InvalidRequest
 from filesvc.formparser import Field, FileData, FileEnd, FileStart, FormParser
 from filesvc.pipeline import UploadPipeline, parse_repr_digest
@@ -137,7 +138,8 @@ async def test_a_commit_cancelled_in_flight_keeps_the_bytes_of_a_row_that_landed
     try:
         await migrate(engine)
         sessions = create_session_factory(engine)
-        pipeline = UploadPipeline(settings, storage, sessions)
+        budget = DecodeBudget(settings.image_decode_budget_bytes, settings.image_decode_wait)
+        pipeline = UploadPipeline(settings, storage, sessions, budget)
         async with pipeline.receiver(filename="a.png") as receiver:
             await receiver.feed(make_image())
             row = await receiver.finish()
