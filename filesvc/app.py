@@ -8,8 +8,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 
@@ -19,6 +18,7 @@ from filesvc.db import create_engine, create_session_factory, migrate
 from filesvc.decoding import DecodeBudget
 from filesvc.deps import Resources
 from filesvc.handlers import install_error_handlers
+from filesvc.head import install_head
 from filesvc.keys import KeyRing
 from filesvc.lookup import create_lookup
 from filesvc.metrics import Metrics, release_process
@@ -123,13 +123,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
 
-    page = static_dir()
+    assets = _RevalidatedStaticFiles(directory=static_dir(), check_dir=False)
 
     @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(page / "index.html", headers={"Cache-Control": "no-cache"})
+    async def index(request: Request) -> Response:
+        # Served as its assets are, so that it answers If-None-Match and
+        # If-Modified-Since with 304 like them.
+        return await assets.get_response("index.html", request.scope)
 
-    app.mount("/static", _RevalidatedStaticFiles(directory=page, check_dir=False), name="static")
+    app.mount("/static", assets, name="static")
+    install_head(app)
     install_origins(app, settings)
     auth.check_routes(app)
     # Added last, so outermost: request id, access log and metrics cover every answer.

@@ -37,4 +37,8 @@ def allowed_methods(app: Starlette, path: str) -> list[str]:
         if pattern is not None and methods and pattern.match(path):
             parameters = str(getattr(route, "path", "")).count("{")
             matches.setdefault(parameters, set()).update(methods)
-    return sorted(matches[min(matches)]) if matches else []
+    if not matches:
+        return []
+    methods = matches[min(matches)]
+    # filesvc.head answers HEAD wherever GET is answered.
+    return sorted(methods | {"HEAD"} if "GET" in methods else methods)

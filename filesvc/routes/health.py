@@ -41,7 +41,6 @@ _abandoned: set[asyncio.Task[None]] = set()
 
 
 @router.get("/healthz", summary="The process is alive", response_model=None)
-@router.head("/healthz", include_in_schema=False)
 async def healthz() -> JSONResponse:
     return JSONResponse({"status": "ok"}, headers=_NO_STORE)
 
@@ -52,7 +51,6 @@ async def healthz() -> JSONResponse:
     response_model=None,
     responses={503: {"description": "Not ready: `details.checks` names what failed."}},
 )
-@router.head("/readyz", include_in_schema=False)
 async def readyz(resources: ResourcesDep) -> JSONResponse:
     names = ("database", "storage")
     outcomes = await asyncio.gather(
