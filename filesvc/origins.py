@@ -18,9 +18,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from filesvc.config import Settings, check_host_pattern
 from filesvc.errors import error_body
 
-#: Methods the web page and API clients use across origins.
-CORS_METHODS = ("GET", "HEAD", "POST", "DELETE")
-#: Request headers a cross-origin page may send (CORS-safelisted ones come on top).
+#: Methods the web page, API clients and tus clients use across origins.
+CORS_METHODS = ("GET", "HEAD", "POST", "PATCH", "DELETE")
+#: Request headers a cross-origin page may send (CORS-safelisted ones come on top):
+#: ours, then what stock upload libraries send by default, so that Uppy, Dropzone,
+#: FilePond and tus-js-client work without client-side changes.
 CORS_REQUEST_HEADERS = (
     "Authorization",
     "X-API-Key",
@@ -33,6 +35,19 @@ CORS_REQUEST_HEADERS = (
     "If-Unmodified-Since",
     "If-Range",
     "X-Request-ID",
+    # Dropzone (and jQuery-era uploaders) send these on every upload.
+    "X-Requested-With",
+    "Cache-Control",
+    "Accept",
+    # tus 1.0.0 (tus-js-client, Uppy's Tus plugin).
+    "Tus-Resumable",
+    "Upload-Length",
+    "Upload-Offset",
+    "Upload-Metadata",
+    "Upload-Checksum",
+    "Upload-Concat",
+    "Upload-Defer-Length",
+    "X-HTTP-Method-Override",
 )
 #: Response headers a cross-origin page may read.
 CORS_EXPOSED_HEADERS = (
@@ -46,6 +61,18 @@ CORS_EXPOSED_HEADERS = (
     "Repr-Digest",
     "Retry-After",
     "WWW-Authenticate",
+    # tus: tus-js-client reads the offset, length and expiry of an upload.
+    "Tus-Resumable",
+    "Tus-Version",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Checksum-Algorithm",
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Expires",
+    "Upload-Metadata",
+    "Upload-Defer-Length",
+    "Upload-Concat",
 )
 #: Seconds a browser may cache a preflight answer.
 CORS_MAX_AGE = 600

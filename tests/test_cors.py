@@ -158,3 +158,88 @@ def test_any_host_when_unconfigured(client: httpx.Client) -> None:
 def test_trusted_hosts_must_be_hosts(value: str) -> None:
     with pytest.raises(ValidationError, match="trusted_hosts"):
         Settings(_env_file=None, trusted_hosts=[value])
+
+
+# Stock upload libraries, as they send by default (issue 16)
+
+#: Request headers each library sends by default, as its preflight lists them.
+STOCK_UPLOADERS = {
+    # Dropzone 6: every upload, XMLHttpRequest with FormData.
+    "dropzone": ("POST", "/api/v1/files", "cache-control, x-requested-with"),
+    # Uppy's XHRUpload with our recipe's header, and FilePond with an API key.
+    "uppy-xhr": ("POST", "/api/v1/files", "authorization"),
+    "filepond": ("POST", "/api/v1/files", "x-api-key"),
+    # tus-js-client 4 (and Uppy's Tus plugin): creation, then PATCHes, HEAD to resume.
+    "tus-create": (
+        "POST",
+        "/api/v1/uploads",
+        "tus-resumable, upload-length, upload-metadata, upload-concat, upload-defer-length",
+    ),
+    "tus-patch": (
+        "PATCH",
+        "/api/v1/uploads/abc",
+        "content-type, tus-resumable, upload-offset, upload-checksum",
+    ),
+    "tus-resume": ("HEAD", "/api/v1/uploads/abc", "tus-resumable"),
+    "tus-terminate": ("DELETE", "/api/v1/uploads/abc", "tus-resumable"),
+}
+
+
+@pytest.mark.parametrize("uploader", sorted(STOCK_UPLOADERS))
+def test_preflight_allows_stock_uploaders(cors: LiveServer, uploader: str) -> None:
+    method, path, headers = STOCK_UPLOADERS[uploader]
+    with httpx.Client(base_url=cors.url) as client:
+        response = preflight(client, path, ORIGIN, method, headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["access-control-allow-origin"] == ORIGIN
+    assert method.lower() in _listed(response.headers["access-control-allow-methods"])
+    assert _listed(headers) <= _listed(response.headers["access-control-allow-headers"])
+
+
+def test_stock_uploader_headers_only_for_configured_origins(cors: LiveServer) -> None:
+    with httpx.Client(base_url=cors.url) as client:
+        response = preflight(
+            client, "/api/v1/files", "https://evil.example.com", "POST", "x-requested-with"
+        )
+    assert response.status_code == 400
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_exposes_what_uploaders_read(cors: LiveServer) -> None:
+    with httpx.Client(base_url=cors.url) as client:
+        response = client.get("/api/v1/files", headers={"Origin": ORIGIN, "X-API-Key": KEY})
+    exposed = _listed(response.headers["access-control-expose-headers"])
+    assert {
+        "location",
+        "etag",
+        "retry-after",
+        "x-request-id",
+        "tus-resumable",
+        "tus-version",
+        "tus-extension",
+        "tus-max-size",
+        "upload-offset",
+        "upload-length",
+        "upload-expires",
+        "upload-metadata",
+    } <= exposed
+
+
+def test_refusals_carry_no_retry_after(make_server: ServerFactory) -> None:
+    """A 4xx refusal says "do not retry": no Retry-After that a client could obey."""
+    server = make_server(cors_origins=[ORIGIN], max_upload_bytes=1000)
+    headers = {"Origin": ORIGIN}
+    with httpx.Client(base_url=server.url, headers=headers) as client:
+        refused = {
+            415: client.post("/api/v1/files", files={"file": ("a.png", b"not an image")}),
+            413: client.post(
+                "/api/v1/files", files={"file": ("b.png", make_image(noise=True, size=(80, 80)))}
+            ),
+            404: client.get("/api/v1/files/nope"),
+            400: client.get("/api/v1/files?limit=0"),
+        }
+    for status, response in refused.items():
+        assert response.status_code == status, response.text
+        assert "retry-after" not in response.headers, status
+        assert response.headers["access-control-allow-origin"] == ORIGIN
+        assert response.json()["error"]["message"]
