@@ -679,9 +679,9 @@ def test_timestamps_are_iso_8601_text(client: httpx.Client, value: str) -> None:
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [
-        ("/api/v1/files", "GET, POST"),
+        ("/api/v1/files", "GET, HEAD, POST"),
         ("/api/v1/files/batch", "POST"),
-        ("/api/v1/files/abc", "DELETE, GET"),
+        ("/api/v1/files/abc", "DELETE, GET, HEAD"),
         ("/healthz", "GET, HEAD"),
     ],
 )
