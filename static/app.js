@@ -1,4 +1,4 @@
-// The filesvc web page: uploads with progress, recent files, CSV exports.
+// The filesvc web page: uploads with progress, recent files, CSV and Parquet exports.
 // One ES module (strict by default), no framework, no build step. Every API
 // error is JSON {"error": {"code", "message"}}; its message is what we show.
 
@@ -8,6 +8,12 @@ const KEY_STORAGE = "filesvc.apiKey";
 const MAX_PARALLEL_UPLOADS = 3;
 const COPIED_LABEL_MS = 2000;
 const BLOB_URL_LIFETIME_MS = 60_000;
+/** Files from this size up go through tus (resumable); smaller ones are one POST. */
+const RESUMABLE_FROM_BYTES = 10 * 1024 * 1024;
+/** Bytes per tus PATCH: small enough to lose little on a dropped connection. */
+const RESUMABLE_CHUNK_BYTES = 8 * 1024 * 1024;
+/** Waits (ms) before each new try of a tus request that failed for want of a network. */
+const RESUMABLE_RETRY_DELAYS = [0, 1000, 3000, 5000, 10_000, 20_000, 30_000, 60_000];
 
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -20,18 +26,21 @@ class ApiError extends Error {
 
 // ---------------------------------------------------------------- formatting
 
-const byteFormats = ["byte", "kilobyte", "megabyte", "gigabyte"].map(
-  (unit) => new Intl.NumberFormat(undefined, { style: "unit", unit, maximumFractionDigits: 1 }),
-);
+// Binary units, as file managers and `ls -h` count: 1 KiB = 1024 bytes.
+const BYTE_UNITS = ["KiB", "MiB", "GiB", "TiB"];
+const wholeNumber = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });
+const oneDecimal = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
 
+/** "1 byte", "300 bytes", "1.2 MiB". */
 function formatBytes(bytes) {
-  let value = bytes;
+  if (bytes < 1024) return `${wholeNumber.format(bytes)} ${bytes === 1 ? "byte" : "bytes"}`;
+  let value = bytes / 1024;
   let index = 0;
-  while (value >= 1000 && index < byteFormats.length - 1) {
-    value /= 1000;
+  while (value >= 1024 && index < BYTE_UNITS.length - 1) {
+    value /= 1024;
     index += 1;
   }
-  return byteFormats[index].format(value);
+  return `${oneDecimal.format(value)} ${BYTE_UNITS[index]}`;
 }
 
 function formatDate(iso) {
@@ -194,26 +203,43 @@ function absoluteUrl(url) {
   return new URL(url, location.href).href;
 }
 
-function copyButton(file) {
+/** A stored image's URL resized by a server-side preset ("thumb", "preview"). */
+function variantUrl(url, preset) {
+  const resized = new URL(url, location.href);
+  resized.searchParams.set("variant", preset);
+  return resized.href;
+}
+
+function copyButton(file, { label = "Copy URL", what = "URL", url = file.url } = {}) {
   const button = document.createElement("button");
   button.type = "button";
   button.className = "copy";
-  button.textContent = "Copy URL";
-  button.setAttribute("aria-label", `Copy the URL of ${file.filename}`);
-  button.dataset.url = absoluteUrl(file.url);
+  button.textContent = label;
+  button.setAttribute("aria-label", `Copy the ${what} of ${file.filename}`);
+  button.dataset.url = absoluteUrl(url);
   button.addEventListener("click", async () => {
-    const url = button.dataset.url;
-    if (await copyText(url)) {
+    const copied = button.dataset.url;
+    if (await copyText(copied)) {
       button.textContent = "Copied";
-      announce(`Copied ${url}`);
+      announce(`Copied ${copied}`);
       setTimeout(() => {
-        button.textContent = "Copy URL";
+        button.textContent = label;
       }, COPIED_LABEL_MS);
     } else {
-      announce(`Could not copy. The URL is ${url}`);
+      announce(`Could not copy. The URL is ${copied}`);
     }
   });
   return button;
+}
+
+/** "Copy URL" for the original, and "Copy preview" for an image's preview variant. */
+function copyButtons(file) {
+  const buttons = [copyButton(file)];
+  if (isRasterImage(file.content_type)) {
+    const preview = variantUrl(file.url, "preview");
+    buttons.push(copyButton(file, { label: "Copy preview", what: "preview URL", url: preview }));
+  }
+  return buttons;
 }
 
 /** The thumbnail as a link that opens the file in a new tab. */
@@ -227,13 +253,16 @@ function openingThumbnail(file) {
   return link;
 }
 
-/** An <img> of a stored file, falling back to a type badge if it cannot load. */
+/**
+ * An <img> of a stored file's "thumb" variant (a few KiB, not the original);
+ * if the server cannot give one, the original; if that fails too, a type badge.
+ */
 function thumbnail(file) {
   if (file.visibility !== "public" || !isRasterImage(file.content_type)) {
     return badge(file.filename, file.visibility === "private" ? "Private" : null);
   }
   const image = document.createElement("img");
-  image.src = file.url;
+  image.src = variantUrl(file.url, "thumb");
   image.alt = file.filename;
   image.loading = "lazy";
   image.decoding = "async";
@@ -241,7 +270,15 @@ function thumbnail(file) {
     image.width = file.width;
     image.height = file.height;
   }
-  image.addEventListener("error", () => image.replaceWith(badge(file.filename)), { once: true });
+  image.addEventListener("error", function fallBack() {
+    if (image.dataset.fallback) {
+      image.removeEventListener("error", fallBack);
+      image.replaceWith(badge(file.filename));
+      return;
+    }
+    image.dataset.fallback = "original";
+    image.src = absoluteUrl(file.url);
+  });
   return image;
 }
 
@@ -264,13 +301,24 @@ function createUploadTile(file) {
   $(".tile-meta", tile).textContent = formatBytes(file.size);
   $("progress", tile).setAttribute("aria-label", `Upload of ${file.name}`);
   $(".cancel", tile).setAttribute("aria-label", `Cancel the upload of ${file.name}`);
+  $(".dismiss", tile).setAttribute("aria-label", `Dismiss ${file.name}`);
+  $(".dismiss", tile).title = "Dismiss";
   $("#uploads").append(tile);
   return tile;
+}
+
+/** Remove a finished tile (refused, failed or cancelled), keeping the focus in the list. */
+function dismissTile(tile) {
+  const next = tile.nextElementSibling ?? tile.previousElementSibling;
+  tile.remove();
+  ($(".dismiss:not([hidden])", next ?? document) ?? $("#dropzone")).focus();
 }
 
 function setState(upload, state, message) {
   upload.tile.dataset.state = state;
   $(".tile-message", upload.tile).textContent = message;
+  // What went wrong can be read, then put away; a stored file's tile stays.
+  $(".dismiss", upload.tile).hidden = state !== "error" && state !== "cancelled";
 }
 
 function setProgress(upload, fraction) {
@@ -285,6 +333,8 @@ function cancelUpload(upload) {
   if (upload.finished) return;
   upload.cancelled = true;
   upload.xhr?.abort();
+  // Terminate the resumable upload: the server drops its bytes (tus termination).
+  upload.tus?.abort(true).catch(() => {});
   finish(upload);
   setState(upload, "cancelled", "Cancelled.");
   announce(`${upload.file.name}: upload cancelled.`);
@@ -315,12 +365,85 @@ function send(upload) {
   });
 }
 
+// ------------------------------------------------------- resumable uploads
+
+/** tus-js-client, loaded by index.html as a plain script (window.tus). */
+function tusClient() {
+  return globalThis.tus?.isSupported ? globalThis.tus : null;
+}
+
+/** The service's JSON error message in a tus-js-client error, if it holds one. */
+function tusErrorMessage(error) {
+  const response = error?.originalResponse;
+  if (!response) return "The upload failed: the connection to the server was lost.";
+  let body = null;
+  try {
+    body = JSON.parse(response.getBody());
+  } catch {
+    body = null;
+  }
+  return errorMessage(body, response.getStatus());
+}
+
+/**
+ * A big file through tus (resumable): tus-js-client keeps each upload's URL in
+ * localStorage under the file's fingerprint, so choosing the same file after a
+ * reload continues where it stopped, and it retries on its own after a dropped
+ * connection (never after a 4xx refusal but 409 and 423).
+ */
+function sendResumable(upload, tus) {
+  return new Promise((resolve) => {
+    const resumable = new tus.Upload(upload.file, {
+      endpoint: `${location.origin}${API}/uploads`,
+      chunkSize: RESUMABLE_CHUNK_BYTES,
+      retryDelays: RESUMABLE_RETRY_DELAYS,
+      removeFingerprintOnSuccess: true,
+      metadata: { filename: upload.file.name },
+      headers: authHeaders(),
+      onProgress(sent, total) {
+        setProgress(upload, total ? sent / total : 0);
+      },
+      onShouldRetry(error, retryAttempt, options) {
+        const status = error?.originalResponse?.getStatus() ?? 0;
+        if (status === 0 && !navigator.onLine) announce(`${upload.file.name}: waiting for the network…`);
+        return status === 0 || status === 408 || status === 409 || status === 423 || status >= 500;
+      },
+      onSuccess() {
+        resolve({ status: 201, url: resumable.url });
+      },
+      onError(error) {
+        const status = error?.originalResponse?.getStatus() ?? 0;
+        const body = status ? { error: { message: tusErrorMessage(error) } } : null;
+        resolve({ status, body });
+      },
+    });
+    upload.tus = resumable;
+    resumable.findPreviousUploads().then((previous) => {
+      if (upload.cancelled) return;
+      if (previous.length > 0) {
+        resumable.resumeFromPreviousUpload(previous[0]);
+        setState(upload, "uploading", "Resuming…");
+      }
+      resumable.start();
+    });
+  });
+}
+
+/** The stored file a finished tus upload became (same id as the upload). */
+async function fileOfUpload(uploadUrl) {
+  const id = new URL(uploadUrl, location.href).pathname.split("/").pop();
+  const response = await api(`${API}/files/${encodeURIComponent(id)}`);
+  return { status: response.ok ? 201 : response.status, body: await readJson(response) };
+}
+
 async function runUpload(upload) {
   for (;;) {
     if (upload.cancelled) return;
     setState(upload, "uploading", "Uploading…");
     const usedKey = auth.key;
-    const result = await send(upload);
+    const tus = upload.file.size >= RESUMABLE_FROM_BYTES ? tusClient() : null;
+    let result = tus ? await sendResumable(upload, tus) : await send(upload);
+    if (result.status === 201 && result.url) result = await fileOfUpload(result.url);
     if (result.status !== 401) {
       settle(upload, result);
       return;
@@ -351,7 +474,7 @@ function showUploaded(upload, file) {
   $(".tile-preview", tile).replaceChildren(openingThumbnail(file));
   const size = file.width ? `${file.width}×${file.height} · ` : "";
   $(".tile-meta", tile).textContent = size + formatBytes(file.size);
-  $(".tile-actions", tile).replaceChildren(copyButton(file));
+  $(".tile-actions", tile).replaceChildren(...copyButtons(file));
   tile.dataset.id = file.id;
   setState(upload, "done", "Uploaded.");
   announce(`${file.filename} uploaded.`);
@@ -378,11 +501,13 @@ function startUploads(files) {
       file,
       tile: createUploadTile(file),
       xhr: null,
+      tus: null,
       cancelled: false,
       finished: false,
     };
     setState(upload, "queued", "Waiting…");
     $(".cancel", upload.tile).addEventListener("click", () => cancelUpload(upload));
+    $(".dismiss", upload.tile).addEventListener("click", () => dismissTile(upload.tile));
     queue.waiting.push(upload);
   }
   announce(list.length === 1 ? `Uploading ${list[0].name}.` : `Uploading ${list.length} files.`);
@@ -436,7 +561,7 @@ function recentRow(file) {
   const time = $("time", row);
   time.dateTime = file.created_at;
   time.textContent = formatDate(file.created_at);
-  if (file.visibility === "public") $(".file-actions", row).append(copyButton(file));
+  if (file.visibility === "public") $(".file-actions", row).append(...copyButtons(file));
   return row;
 }
 
@@ -523,11 +648,22 @@ function datasetForm(dataset) {
   $(".column-list", form).append(...dataset.columns.map(columnCheckbox));
   $(".select-all", form).addEventListener("click", () => checkAll(form, true));
   $(".select-none", form).addEventListener("click", () => checkAll(form, false));
+  form.addEventListener("change", () => showFormat(form));
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     downloadExport(form, dataset.name);
   });
+  showFormat(form);
   return form;
+}
+
+/** Parquet is typed and binary: the CSV options do not apply to it. */
+function showFormat(form) {
+  const format = form.elements.format.value;
+  for (const option of form.querySelectorAll(".csv-only")) {
+    option.hidden = format !== "csv";
+  }
+  $("button.download", form).textContent = format === "csv" ? "Download CSV" : "Download Parquet";
 }
 
 function checkAll(form, checked) {
@@ -542,11 +678,16 @@ function setDatasetMessage(form, text, isError = false) {
   if (text) announce(text);
 }
 
-function exportQuery(form) {
+function exportQuery(form, format) {
   const columns = [...form.querySelectorAll("input[name=column]:checked")].map((b) => b.value);
   const params = new URLSearchParams({ columns: columns.join(",") });
   const limit = form.elements.limit.value.trim();
   if (limit) params.set("limit", limit);
+  if (format === "csv") {
+    const delimiter = form.elements.delimiter.value;
+    if (delimiter !== "comma") params.set("delimiter", delimiter);
+    if (form.elements.bom.checked) params.set("bom", "true");
+  }
   return columns.length > 0 ? params : null;
 }
 
@@ -572,21 +713,22 @@ function saveBlob(blob, filename) {
 
 /** fetch (it can carry the API key, a plain link cannot) → blob → download. */
 async function downloadExport(form, name) {
-  const params = exportQuery(form);
+  const format = form.elements.format.value;
+  const params = exportQuery(form, format);
   if (!params) {
     setDatasetMessage(form, "Pick at least one column.", true);
     return;
   }
   const button = $("button[type=submit]", form);
   button.disabled = true;
-  setDatasetMessage(form, `Preparing ${name}.csv…`);
+  setDatasetMessage(form, `Preparing ${name}.${format}…`);
   try {
-    const response = await api(`${API}/exports/${encodeURIComponent(name)}.csv?${params}`);
+    const response = await api(`${API}/exports/${encodeURIComponent(name)}.${format}?${params}`);
     if (!response.ok) {
       throw new ApiError(errorMessage(await readJson(response), response.status), response.status);
     }
     const blob = await response.blob();
-    const filename = dispositionFilename(response) ?? `${name}.csv`;
+    const filename = dispositionFilename(response) ?? `${name}.${format}`;
     saveBlob(blob, filename);
     setDatasetMessage(form, `Downloaded ${filename} (${formatBytes(blob.size)}).`);
   } catch (error) {
@@ -608,7 +750,7 @@ async function loadExports() {
     $("#datasets").replaceChildren();
     message.hidden = false;
     message.textContent =
-      error.status === 404 ? "This server offers no CSV exports." : error.message;
+      error.status === 404 ? "This server offers no exports." : error.message;
   }
 }
 

@@ -149,10 +149,18 @@ def test_three_images_upload_with_progress_and_thumbnails(
         "() => [...document.querySelectorAll('#uploads img')]"
         ".filter(img => img.complete && img.naturalWidth > 0).length === 3"
     )
-    urls = page.locator("#uploads .copy").evaluate_all("bs => bs.map(b => b.dataset.url)")
+    urls = page.locator("#uploads .copy[aria-label^='Copy the URL of']").evaluate_all(
+        "bs => bs.map(b => b.dataset.url)"
+    )
+    previews = page.locator("#uploads .copy[aria-label^='Copy the preview URL of']").evaluate_all(
+        "bs => bs.map(b => b.dataset.url)"
+    )
+    thumbs = page.locator("#uploads img").evaluate_all("images => images.map(i => i.src)")
     names = page.locator("#uploads .tile-name").all_inner_texts()
-    for name, url in zip(names, urls, strict=True):
+    for name, url, preview, thumb in zip(names, urls, previews, thumbs, strict=True):
         assert url.startswith(server.url + "/files/")
+        assert preview == url + "?variant=preview"
+        assert thumb == url + "?variant=thumb"  # the thumbnail is a variant, not the original
         fetched = httpx.get(url, timeout=30)
         assert fetched.status_code == 200
         assert hashlib.sha256(fetched.content).digest() == hashlib.sha256(originals[name]).digest()
@@ -316,6 +324,8 @@ def test_export_download_has_exactly_the_picked_columns(
     form.locator("input[name=column][value=filename]").check()
     form.locator("input[name=column][value=size]").check()
     form.get_by_label("Row limit").fill("2")
+    assert form.get_by_label("Delimiter").input_value() == "comma"
+    assert not form.get_by_label("Byte order mark, for Excel").is_checked()
 
     with page.expect_download() as download:
         form.get_by_role("button", name="Download CSV").click()
@@ -429,3 +439,280 @@ def test_a_key_without_the_scope_shows_the_refusal_where_it_applies(
         assert page.locator("#key-panel").is_hidden()  # the key is right, only not enough
         assert listed(client, **headers) == []
     tab.assert_no_errors(401, 403)
+
+
+# --------------------------------------------------------- the page, issue 16
+
+
+def tile_meta(page: Page) -> dict[str, str]:
+    names = page.locator("#uploads .tile .tile-name").all_inner_texts()
+    metas = page.locator("#uploads .tile .tile-meta").all_inner_texts()
+    return dict(zip(names, metas, strict=True))
+
+
+def test_sizes_read_in_binary_units(
+    browser: Browser, server: LiveServer, client: httpx.Client
+) -> None:
+    context = browser.new_context(viewport=DESKTOP, locale="en-US")
+    try:
+        tab = watch(context.new_page())
+        stored = upload_via_api(client, "tiny.png", make_image("image/png", (4, 4)))
+        page = open_page(tab, server)
+        page.set_input_files(
+            "#file-input",
+            [
+                payload("one.txt", b"x", "text/plain"),
+                payload("three-hundred.txt", b"x" * 300, "text/plain"),
+                payload("kibi.txt", b"x" * 1536, "text/plain"),
+                payload("mebi.txt", b"x" * int(1.2 * 1024 * 1024), "text/plain"),
+            ],
+        )
+        wait_for_tiles(page, "error", 4)  # refused (415), but the size shows all the same
+        assert tile_meta(page) == {
+            "one.txt": "1 byte",
+            "three-hundred.txt": "300 bytes",
+            "kibi.txt": "1.5 KiB",
+            "mebi.txt": "1.2 MiB",
+        }
+        row = page.locator(f"#recent .file-row[data-id='{stored['id']}'] .file-meta")
+        assert row.inner_text() == f"image/png · {stored['size']} bytes · 4×4"
+        tab.assert_no_errors(415)
+    finally:
+        context.close()
+
+
+def test_a_refused_tile_can_be_dismissed(tab: PageWatch, server: LiveServer) -> None:
+    page = open_page(tab, server)
+    page.set_input_files(
+        "#file-input",
+        [payload("good.png", make_image()), payload("bad.png", b"not an image", "image/png")],
+    )
+    wait_for_tiles(page, "done", 1)
+    wait_for_tiles(page, "error", 1)
+    # A stored file's tile stays: it holds the file's URLs.
+    assert page.get_by_role("button", name="Dismiss good.png").count() == 0
+    page.get_by_role("button", name="Dismiss bad.png").click()
+    wait_for_tiles(page, "error", 0)
+    assert page.locator("#uploads .tile-name").all_inner_texts() == ["good.png"]
+    # The focus does not fall off the page with the removed button.
+    assert page.evaluate("document.activeElement !== document.body")
+    tab.assert_no_errors(415)
+
+
+def _box(page: Page, selector: str) -> dict[str, float]:
+    box = page.locator(selector).bounding_box()
+    assert box is not None, selector
+    return {"left": box["x"], "top": box["y"], "bottom": box["y"] + box["height"]}
+
+
+def test_the_export_panel_is_not_under_the_recent_files(
+    tab: PageWatch, server: LiveServer, client: httpx.Client
+) -> None:
+    for number in range(10):
+        upload_via_api(client, f"file-{number}.png", make_image("image/png", (8 + number, 8)))
+    page = open_page(tab, server)
+    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 10")
+    page.locator("form.dataset[data-name=files]").wait_for()
+
+    upload, recent, exports = (
+        _box(page, f"section.panel-{name}") for name in ("upload", "recent", "exports")
+    )
+    # Desktop: exports under the uploads, in the left column, beside the recent files.
+    assert exports["left"] == upload["left"] < recent["left"]
+    assert upload["bottom"] < exports["top"] < upload["bottom"] + 40
+    assert exports["top"] < recent["bottom"]
+
+    page.set_viewport_size(PHONE)
+    upload, recent, exports = (
+        _box(page, f"section.panel-{name}") for name in ("upload", "recent", "exports")
+    )
+    # Phone: one column, the exports before the long list of files.
+    assert upload["bottom"] < exports["top"] < upload["bottom"] + 40
+    assert exports["bottom"] < recent["top"]
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    tab.assert_no_errors()
+
+
+def test_export_for_excel_with_bom_and_semicolons(
+    tab: PageWatch, server: LiveServer, client: httpx.Client, tmp_path: Path
+) -> None:
+    upload_via_api(client, "été;1.png", make_image())
+    page = open_page(tab, server)
+    form = page.locator("form.dataset[data-name=files]")
+    form.get_by_role("button", name="None").click()
+    form.locator("input[name=column][value=filename]").check()
+    form.locator("input[name=column][value=size]").check()
+    form.get_by_label("Delimiter").select_option("semicolon")
+    form.get_by_label("Byte order mark, for Excel").check()
+    with page.expect_download() as download:
+        form.get_by_role("button", name="Download CSV").click()
+    target = tmp_path / "excel.csv"
+    download.value.save_as(target)
+    data = target.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbffilename;size\r\n")
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""), delimiter=";"))
+    assert rows[1][0] == "été;1.png"  # the delimiter inside a value is quoted
+
+    form.get_by_label("Delimiter").select_option("tab")
+    form.get_by_label("Byte order mark, for Excel").uncheck()
+    with page.expect_download() as download:
+        form.get_by_role("button", name="Download CSV").click()
+    download.value.save_as(target)
+    assert target.read_bytes().startswith(b"filename\tsize\r\n")
+    tab.assert_no_errors()
+
+
+def test_export_as_parquet(
+    tab: PageWatch, server: LiveServer, client: httpx.Client, tmp_path: Path
+) -> None:
+    """Needs GET /api/v1/exports/{name}.parquet (issue 15, the exports branch)."""
+    for name in ("a.png", "b.png"):
+        upload_via_api(client, name, make_image())
+    page = open_page(tab, server)
+    form = page.locator("form.dataset[data-name=files]")
+    form.get_by_label("Parquet").check()
+    # The CSV options do not apply to a typed, binary format.
+    assert form.get_by_label("Delimiter").is_hidden()
+    assert form.get_by_label("Byte order mark, for Excel").is_hidden()
+    form.get_by_role("button", name="None").click()
+    form.locator("input[name=column][value=filename]").check()
+    form.locator("input[name=column][value=size]").check()
+    with page.expect_download() as download:
+        form.get_by_role("button", name="Download Parquet").click()
+    assert download.value.suggested_filename.endswith(".parquet")
+    target = tmp_path / "files.parquet"
+    download.value.save_as(target)
+    data = target.read_bytes()
+    assert data[:4] == data[-4:] == b"PAR1"
+    pyarrow_parquet = pytest.importorskip("pyarrow.parquet")
+    table = pyarrow_parquet.read_table(target)
+    assert table.column_names == ["filename", "size"]
+    assert sorted(table.column("filename").to_pylist()) == ["a.png", "b.png"]
+    tab.assert_no_errors()
+
+
+def test_thumbnails_fall_back_to_the_original(
+    tab: PageWatch, server: LiveServer, client: httpx.Client
+) -> None:
+    file = upload_via_api(client, "plain.png", make_image("image/png", (40, 30)))
+    refused: list[str] = []
+
+    def refuse_variant(route: Any) -> None:
+        # As a server answers a variant it cannot render: the spec's JSON error.
+        refused.append(route.request.url)
+        route.fulfill(
+            status=404,
+            content_type="application/json",
+            body='{"error": {"code": "not_found", "message": "No such variant."}}',
+        )
+
+    tab.page.route("**/*variant=thumb*", refuse_variant)
+    page = open_page(tab, server)
+    image = page.locator(f"#recent .file-row[data-id='{file['id']}'] img")
+    page.wait_for_function(
+        "(img) => img.complete && img.naturalWidth === 40", arg=image.element_handle()
+    )
+    assert image.evaluate("img => img.src") == server.url + file["url"]
+    assert refused == [server.url + file["url"] + "?variant=thumb"]
+    tab.assert_no_errors(404)
+
+
+def test_thumbnails_are_small_variants(
+    tab: PageWatch, server: LiveServer, client: httpx.Client
+) -> None:
+    """Needs ``?variant=thumb`` on static URLs (issue 17, the variants branch)."""
+    file = upload_via_api(client, "large.png", gradient_image((1200, 900), "#ff7e5f", "#2193b0"))
+    page = open_page(tab, server)
+    image = page.locator(f"#recent .file-row[data-id='{file['id']}'] img")
+    page.wait_for_function(
+        "(img) => img.complete && img.naturalWidth > 0", arg=image.element_handle()
+    )
+    assert image.evaluate("img => img.src").endswith("?variant=thumb")
+    assert image.evaluate("img => Math.max(img.naturalWidth, img.naturalHeight)") <= 256
+    tab.assert_no_errors()
+
+
+def test_copy_offers_the_original_and_the_preview(
+    tab: PageWatch, server: LiveServer, client: httpx.Client
+) -> None:
+    file = upload_via_api(client, "photo.png", make_image())
+    tab.page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = open_page(tab, server)
+    row = page.locator(f"#recent .file-row[data-id='{file['id']}']")
+    row.get_by_role("button", name="Copy the preview URL of photo.png").click()
+    page.wait_for_function(
+        "() => document.querySelector('#status').textContent.startsWith('Copied')"
+    )
+    assert page.evaluate("navigator.clipboard.readText()") == (
+        server.url + file["url"] + "?variant=preview"
+    )
+    row.get_by_role("button", name="Copy the URL of photo.png").click()
+    page.wait_for_function(
+        "(url) => navigator.clipboard.readText().then(t => t === url)", arg=server.url + file["url"]
+    )
+    tab.assert_no_errors()
+
+
+def _requests(page: Page) -> list[tuple[str, str]]:
+    seen: list[tuple[str, str]] = []
+    page.on("request", lambda r: seen.append((r.method, httpx.URL(r.url).path)))
+    return seen
+
+
+def test_small_images_keep_the_plain_post(
+    tab: PageWatch, server: LiveServer, client: httpx.Client
+) -> None:
+    seen = _requests(tab.page)
+    page = open_page(tab, server)
+    page.set_input_files("#file-input", [payload("small.png", make_image())])
+    wait_for_tiles(page, "done", 1)
+    assert ("POST", "/api/v1/files") in seen
+    assert not [path for _, path in seen if path.startswith("/api/v1/uploads")]
+    tab.assert_no_errors()
+
+
+#: A valid PNG of about 10.8 MB (noise does not compress): over the resumable threshold.
+BIG_IMAGE_SIZE = (2000, 1800)
+
+
+def test_a_big_file_goes_through_tus_and_resumes_after_a_reload(
+    tab: PageWatch, server: LiveServer, client: httpx.Client
+) -> None:
+    """Needs tus at /api/v1/uploads (issue 18, the tus branch).
+
+    The upload is throttled, cut off (the browser goes offline) part-way, the
+    page reloaded and the same file chosen again: tus-js-client finds the
+    upload's URL under the file's fingerprint and continues from the server's
+    offset instead of starting over.
+    """
+    big = make_image("image/png", BIG_IMAGE_SIZE, noise=True)
+    assert len(big) >= 10 * 1024 * 1024
+    seen = _requests(tab.page)
+    page = open_page(tab, server)
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    conditions = {"latency": 0, "downloadThroughput": -1, "uploadThroughput": 2_000_000}
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, **conditions})
+    page.set_input_files("#file-input", [payload("big.png", big)])
+    page.wait_for_function("() => document.querySelector('#uploads progress').value >= 20")
+    cdp.send("Network.emulateNetworkConditions", {"offline": True, **conditions})
+    assert ("POST", "/api/v1/uploads") in seen
+    assert ("POST", "/api/v1/files") not in seen
+
+    page.reload()
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {"offline": False, **conditions})
+    seen.clear()
+    page.set_input_files("#file-input", [payload("big.png", big)])
+    wait_for_tiles(page, "done", 1)
+    creations = [path for method, path in seen if method == "POST"]
+    assert creations == [], f"started over instead of resuming: {creations}"
+    assert [m for m, p in seen if p.startswith("/api/v1/uploads/")][:1] == ["HEAD"]
+
+    [stored] = listed(client)
+    assert stored["filename"] == "big.png"
+    assert stored["sha256"] == hashlib.sha256(big).hexdigest()
+    # The fingerprint is forgotten once the upload is complete.
+    assert page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('tus::')).length") == 0
+    tab.assert_no_errors()
