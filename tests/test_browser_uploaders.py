@@ -1,0 +1,305 @@
+"""The README's recipes for stock upload widgets, run in Chromium from another origin.
+
+Each recipe is taken from README.md as written (between ``<!-- recipe: NAME -->``
+and the end of its code block), with the service's URL and key put in, and
+served with the library's ``dist/`` files by a second local HTTP server: the
+page's origin is not the service's, so every request goes through CORS with
+``FILESVC_CORS_ORIGINS`` set, as on a customer's site. The libraries come from
+npm (``tests/js/package.json``; ``.ci/run`` installs them).
+
+What each test proves: a real image is stored (through the widget, checked in
+the API), and a refused file shows the service's JSON ``message`` (not
+"network error" nor "[object Object]") after exactly one request.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.browser import DESKTOP, PageWatch, launch, watch
+from tests.conftest import ServerFactory, require
+from tests.images import make_image
+from tests.servers import LiveServer
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+NODE_MODULES = ROOT / "tests" / "js" / "node_modules"
+KEY = "uploader-key-5b7e"
+#: What the recipes say, and what the test puts in their place.
+EXAMPLE_SERVICE = "https://files.example.com"
+EXAMPLE_KEY = "your-key"
+#: The dist/ files each recipe loads, from tests/js/node_modules.
+ASSETS = {
+    "uppy-xhr": ["uppy/dist/uppy.min.mjs", "uppy/dist/uppy.min.css"],
+    "uppy-tus": ["uppy/dist/uppy.min.mjs", "uppy/dist/uppy.min.css"],
+    "dropzone": ["dropzone/dist/dropzone-min.js", "dropzone/dist/dropzone.css"],
+    "filepond": ["filepond/dist/filepond.min.js", "filepond/dist/filepond.min.css"],
+}
+NOT_AN_IMAGE = b"plain text, whatever the name says\n" * 10
+
+
+@pytest.fixture
+def database_url() -> str:
+    return ""
+
+
+@pytest.fixture
+def storage_backend() -> str:
+    return "local"
+
+
+def recipe(name: str) -> str:
+    """The code block under ``<!-- recipe: name -->`` in README.md."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found = re.search(rf"<!-- recipe: {re.escape(name)} -->\n```html\n(.*?)\n```", readme, re.S)
+    assert found, f"README.md has no recipe {name!r}"
+    return found.group(1)
+
+
+class _Quiet(SimpleHTTPRequestHandler):
+    extensions_map = {
+        **SimpleHTTPRequestHandler.extensions_map,
+        ".mjs": "text/javascript",
+        ".js": "text/javascript",
+    }
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class OtherOrigin:
+    """A plain static HTTP server on another port: another origin than the service."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        handler = partial(_Quiet, directory=str(directory))
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def publish(self, name: str, service: LiveServer) -> str:
+        """Write the recipe's page next to its library files; its URL."""
+        require(
+            NODE_MODULES.is_dir(),
+            "the uploaders' npm packages are missing: npm ci --prefix tests/js",
+        )
+        for asset in ASSETS[name]:
+            shutil.copy(NODE_MODULES / asset, self.directory / Path(asset).name)
+        code = recipe(name).replace(EXAMPLE_SERVICE, service.url).replace(EXAMPLE_KEY, KEY)
+        head = '<!doctype html>\n<meta charset="utf-8">\n<link rel="icon" href="data:,">\n'
+        page = f"{head}<title>{name}</title>\n{code}\n"
+        (self.directory / f"{name}.html").write_text(page, encoding="utf-8")
+        return f"{self.url}/{name}.html"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Iterator[OtherOrigin]:
+    site = tmp_path / "site"
+    site.mkdir()
+    served = OtherOrigin(site)
+    yield served
+    served.close()
+
+
+@pytest.fixture
+def service(make_server: ServerFactory, origin: OtherOrigin) -> LiveServer:
+    return make_server(cors_origins=[origin.url], api_keys={KEY: ["files:write", "files:read"]})
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = launch(playwright)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def tab(browser: Browser) -> Iterator[PageWatch]:
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(15_000)
+    yield watch(context.new_page())
+    context.close()
+
+
+def refusal(service: LiveServer) -> str:
+    """The service's own message for a file that is not an image."""
+    with httpx.Client(base_url=service.url, headers={"X-API-Key": KEY}, timeout=30) as client:
+        response = client.post("/api/v1/files", files={"file": ("notes.png", NOT_AN_IMAGE)})
+    assert response.status_code == 415
+    message: str = response.json()["error"]["message"]
+    return message
+
+
+def stored(service: LiveServer) -> list[str]:
+    with httpx.Client(base_url=service.url, headers={"X-API-Key": KEY}, timeout=30) as client:
+        response = client.get("/api/v1/files")
+    assert response.status_code == 200
+    return [item["filename"] for item in response.json()["items"]]
+
+
+def upload_requests(page: Page, service: LiveServer, path: str) -> list[str]:
+    """Every request the page sends to ``path`` of the service (preflights too)."""
+    seen: list[str] = []
+    target = service.url + path
+
+    def on_request(request: Any) -> None:
+        if request.url.split("?")[0].rstrip("/").startswith(target):
+            seen.append(request.method)
+
+    page.on("request", on_request)
+    return seen
+
+
+def without_uppy_log(tab: PageWatch, message: str) -> None:
+    """Uppy logs each failed upload to the console: that line is expected."""
+    tab.console_errors = [
+        line for line in tab.console_errors if not (line.startswith("[Uppy]") and message in line)
+    ]
+
+
+def png(name: str) -> Any:
+    return {"name": name, "mimeType": "image/png", "buffer": make_image()}
+
+
+def text_as_png(name: str) -> Any:
+    return {"name": name, "mimeType": "image/png", "buffer": NOT_AN_IMAGE}
+
+
+# ---------------------------------------------------------------------- Uppy
+
+
+def uppy_add_and_upload(page: Page, file: Any) -> None:
+    page.locator("input.uppy-Dashboard-input").first.set_input_files([file])
+    page.get_by_role("button", name=re.compile(r"^Upload \d+ file")).click()
+
+
+def test_uppy_xhr_upload(tab: PageWatch, service: LiveServer, origin: OtherOrigin) -> None:
+    page = tab.page
+    page.goto(origin.publish("uppy-xhr", service))
+    uppy_add_and_upload(page, png("uppy.png"))
+    page.get_by_text("Complete", exact=True).wait_for()
+    assert stored(service) == ["uppy.png"]
+    tab.assert_no_errors()
+
+
+def test_uppy_xhr_shows_our_message_and_never_retries_a_4xx(
+    tab: PageWatch, service: LiveServer, origin: OtherOrigin
+) -> None:
+    message = refusal(service)
+    page = tab.page
+    posts = upload_requests(page, service, "/api/v1/files")
+    page.goto(origin.publish("uppy-xhr", service))
+    uppy_add_and_upload(page, text_as_png("notes.png"))
+    # The Dashboard puts the reason on the failed file's "?" (its tooltip and name).
+    page.get_by_role("button", name=message, exact=True).wait_for()
+    assert "network error" not in page.inner_text("body").lower()
+    page.wait_for_timeout(2000)  # Uppy's retries would all have come within 1.2 s
+    assert [m for m in posts if m == "POST"] == ["POST"]
+    assert stored(service) == []
+    without_uppy_log(tab, message)
+    tab.assert_no_errors(415)
+
+
+def test_uppy_tus_upload(tab: PageWatch, service: LiveServer, origin: OtherOrigin) -> None:
+    """Needs tus at /api/v1/uploads (issue 18, the tus branch)."""
+    page = tab.page
+    page.goto(origin.publish("uppy-tus", service))
+    uppy_add_and_upload(page, png("resumable.png"))
+    page.get_by_text("Complete", exact=True).wait_for()
+    assert stored(service) == ["resumable.png"]
+    tab.assert_no_errors()
+
+
+def test_uppy_tus_shows_our_message_and_never_retries_a_4xx(
+    tab: PageWatch, service: LiveServer, origin: OtherOrigin
+) -> None:
+    """Needs tus at /api/v1/uploads (issue 18): 415 from the first bytes of a PATCH."""
+    message = refusal(service)
+    page = tab.page
+    sent = upload_requests(page, service, "/api/v1/uploads")
+    page.goto(origin.publish("uppy-tus", service))
+    uppy_add_and_upload(page, text_as_png("notes.png"))
+    page.get_by_role("button", name=message, exact=True).wait_for()
+    page.wait_for_timeout(2000)
+    # One creation (with the bytes, or then one PATCH): no retry of the refusal.
+    assert sent.count("POST") == 1
+    assert sent.count("PATCH") <= 1
+    assert stored(service) == []
+    without_uppy_log(tab, message)
+    tab.assert_no_errors(415)
+
+
+# ------------------------------------------------------------------ Dropzone
+
+
+def test_dropzone_upload(tab: PageWatch, service: LiveServer, origin: OtherOrigin) -> None:
+    page = tab.page
+    page.goto(origin.publish("dropzone", service))
+    page.locator("input.dz-hidden-input").set_input_files([png("dropped.png")])
+    page.locator(".dz-preview.dz-success").wait_for()
+    assert stored(service) == ["dropped.png"]
+    tab.assert_no_errors()
+
+
+def test_dropzone_shows_our_message(
+    tab: PageWatch, service: LiveServer, origin: OtherOrigin
+) -> None:
+    message = refusal(service)
+    page = tab.page
+    posts = upload_requests(page, service, "/api/v1/files")
+    page.goto(origin.publish("dropzone", service))
+    page.locator("input.dz-hidden-input").set_input_files([text_as_png("notes.png")])
+    shown = page.locator(".dz-preview.dz-error [data-dz-errormessage]")
+    shown.wait_for()
+    assert shown.inner_text() == message  # not "[object Object]"
+    page.wait_for_timeout(1000)
+    assert posts == ["POST"]
+    assert stored(service) == []
+    without_uppy_log(tab, message)
+    tab.assert_no_errors(415)
+
+
+# ------------------------------------------------------------------ FilePond
+
+
+def test_filepond_upload(tab: PageWatch, service: LiveServer, origin: OtherOrigin) -> None:
+    page = tab.page
+    page.goto(origin.publish("filepond", service))
+    page.locator("input.filepond--browser").set_input_files([png("pond.png")])
+    page.locator(".filepond--file-status-main", has_text="Upload complete").wait_for()
+    assert stored(service) == ["pond.png"]
+    tab.assert_no_errors()
+
+
+def test_filepond_shows_our_message(
+    tab: PageWatch, service: LiveServer, origin: OtherOrigin
+) -> None:
+    message = refusal(service)
+    page = tab.page
+    posts = upload_requests(page, service, "/api/v1/files")
+    page.goto(origin.publish("filepond", service))
+    page.locator("input.filepond--browser").set_input_files([text_as_png("notes.png")])
+    page.locator(".filepond--file-status-main", has_text=message).wait_for()
+    page.wait_for_timeout(1000)
+    assert posts == ["POST"]
+    assert stored(service) == []
+    without_uppy_log(tab, message)
+    tab.assert_no_errors(415)
