@@ -266,7 +266,10 @@ def test_dropzone_shows_our_message(
     page = tab.page
     posts = upload_requests(page, service, "/api/v1/files")
     page.goto(origin.publish("dropzone", service))
-    page.locator("input.dz-hidden-input").set_input_files([text_as_png("notes.png")])
+    # A text file as such: Dropzone's own thumbnailer would fail on a fake .png
+    # and race our message with its "Failed to load the image".
+    notes = {"name": "notes.txt", "mimeType": "text/plain", "buffer": NOT_AN_IMAGE}
+    page.locator("input.dz-hidden-input").set_input_files([notes])
     shown = page.locator(".dz-preview.dz-error [data-dz-errormessage]")
     shown.wait_for()
     assert shown.inner_text() == message  # not "[object Object]"

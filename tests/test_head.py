@@ -9,6 +9,7 @@ parameter this test does not know fails it, naming the route.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator, MutableMapping
 from functools import partial
 from pathlib import Path
@@ -144,16 +145,20 @@ def test_methods_other_than_get_are_still_refused(http: httpx.Client) -> None:
     assert head.headers["allow"] == "POST"
 
 
-def test_head_of_an_export_does_not_run_it_to_the_end(
-    keyed: LiveServer, http: httpx.Client
-) -> None:
+def test_head_of_an_export_leaves_the_service_whole(keyed: LiveServer, http: httpx.Client) -> None:
+    """A HEAD of a streamed export: the CSV headers, no body, and no export left behind."""
     for number in range(3):
         http.post("/api/v1/files", files={"file": (f"{number}.png", make_image())})
     head = http.head("/api/v1/exports/files.csv")
     assert head.status_code == 200
     assert head.headers["content-type"].startswith("text/csv")
     assert head.content == b""
-    # The server is still whole: the stopped export left no slot taken.
+    # The export stops once the headers are out (it ends just after the answer).
+    idle = re.compile(r"^filesvc_exports_in_progress(\{[^}]*\})? 0\.0$", re.M)
+    deadline = time.monotonic() + 10
+    while not idle.search(metrics := http.get("/metrics").text):
+        assert time.monotonic() < deadline, metrics
+        time.sleep(0.05)
     for _ in range(3):
         assert http.get("/api/v1/exports/files.csv").status_code == 200
 
