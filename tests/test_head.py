@@ -104,6 +104,12 @@ def test_every_get_route_answers_head_with_the_get_headers(
         assert expected in urls
     assert any(url.startswith("/api/v1/exports/") for url in urls)
     assert "/static/app.js" in urls
+    # Every GET of the OpenAPI schema is among them.
+    schema = http.get("/openapi.json").json()
+    documented = [path for path, operations in schema["paths"].items() if "get" in operations]
+    for path in documented:
+        known = next((v for prefix, v in values.items() if path.startswith(prefix)), {})
+        assert _PARAMETER.sub(partial(_value, known), path) in urls, path
 
     for url in urls:
         got = http.get(url)
