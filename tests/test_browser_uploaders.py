@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, FilePayload, Page, sync_playwright
 
 from tests.browser import DESKTOP, PageWatch, launch, watch
 from tests.conftest import ServerFactory, require
@@ -175,18 +175,18 @@ def without_uppy_log(tab: PageWatch, message: str) -> None:
     ]
 
 
-def png(name: str) -> Any:
+def png(name: str) -> FilePayload:
     return {"name": name, "mimeType": "image/png", "buffer": make_image()}
 
 
-def text_as_png(name: str) -> Any:
+def text_as_png(name: str) -> FilePayload:
     return {"name": name, "mimeType": "image/png", "buffer": NOT_AN_IMAGE}
 
 
 # ---------------------------------------------------------------------- Uppy
 
 
-def uppy_add_and_upload(page: Page, file: Any) -> None:
+def uppy_add_and_upload(page: Page, file: FilePayload) -> None:
     page.locator("input.uppy-Dashboard-input").first.set_input_files([file])
     page.get_by_role("button", name=re.compile(r"^Upload \d+ file")).click()
 
@@ -268,7 +268,7 @@ def test_dropzone_shows_our_message(
     page.goto(origin.publish("dropzone", service))
     # A text file as such: Dropzone's own thumbnailer would fail on a fake .png
     # and race our message with its "Failed to load the image".
-    notes = {"name": "notes.txt", "mimeType": "text/plain", "buffer": NOT_AN_IMAGE}
+    notes: FilePayload = {"name": "notes.txt", "mimeType": "text/plain", "buffer": NOT_AN_IMAGE}
     page.locator("input.dz-hidden-input").set_input_files([notes])
     shown = page.locator(".dz-preview.dz-error [data-dz-errormessage]")
     shown.wait_for()
