@@ -30,6 +30,7 @@ from filesvc.routes import metrics as metrics_routes
 from filesvc.routes import static as static_urls
 from filesvc.signing import load_signing_key
 from filesvc.storage import Storage, create_storage
+from filesvc.variants_store import VariantRenderer
 
 logger = logging.getLogger("filesvc")
 
@@ -87,6 +88,12 @@ def _lifespan(
                 lookup=lookup,
                 uploads=UploadPipeline(settings, storage, sessions, decode_budget),
                 decode_budget=decode_budget,
+                variants=VariantRenderer(
+                    storage,
+                    decode_budget,
+                    max_pixels=settings.max_image_pixels,
+                    on_render=lambda spec: metrics.variant_renders.labels(format=spec.format).inc(),
+                ),
             )
             yield
 

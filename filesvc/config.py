@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from filesvc.sniffing import DETECTABLE_TYPES
+from filesvc.variants import DEFAULT_PRESETS, Preset
 
 MiB = 1024 * 1024
 
@@ -123,6 +124,19 @@ class Settings(BaseSettings):
         description="Seconds an image check waits for room in the decode budget before the "
         "upload is answered 503 with `Retry-After`.",
     )
+    image_presets: dict[str, Preset] = Field(
+        default_factory=lambda: dict(DEFAULT_PRESETS),
+        description="Image variant presets served as `?variant=<name>`: a JSON object from name "
+        'to `{"width", "height", "fit": "cover|contain|inside", "format": '
+        '"auto|webp|avif|jpeg|png", "quality": 1-100}`; default `thumb` (256×256 cover) and '
+        "`preview` (1280×1280 inside).",
+    )
+    strip_metadata: bool = Field(
+        False,
+        description="Strip metadata (EXIF but its orientation, GPS, XMP, IPTC, comments, text "
+        "chunks) from JPEG, PNG, GIF and WebP uploads as they stream, without re-encoding "
+        "pixels; the recorded `sha256` is that of the stored bytes.",
+    )
     allowed_types: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["image/jpeg", "image/png", "image/gif", "image/webp"],
         description="Content types accepted, detected from the bytes (JSON array or a,b,c).",
@@ -198,6 +212,14 @@ class Settings(BaseSettings):
                 f"cannot detect {', '.join(unknown)} from bytes; "
                 f"known: {', '.join(sorted(DETECTABLE_TYPES))}"
             )
+        return value
+
+    @field_validator("image_presets")
+    @classmethod
+    def _preset_names(cls, value: dict[str, Preset]) -> dict[str, Preset]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+                raise ValueError(f"{name!r} is not a preset name (letters, digits, - and _)")
         return value
 
     @field_validator("api_keys")

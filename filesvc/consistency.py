@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from filesvc.models import StoredFile
 from filesvc.storage import ObjectNotFound, Storage
+from filesvc.variants import original_key_of
 
 #: Rows read from the database per batch while scanning.
 BATCH_ROWS = 5000
@@ -80,8 +81,10 @@ async def check(
         if key not in stored and not await _exists(storage, key):
             report.rows_without_bytes.append(file_id)
 
+    # A variant belongs to its original's row; one whose original is gone is an orphan.
+    unrecorded = {key for key in stored - recorded if original_key_of(key) not in recorded}
     cutoff = time.time() - grace_seconds
-    for key in sorted(stored - recorded):
+    for key in sorted(unrecorded):
         try:
             info = await storage.stat(key)
         except ObjectNotFound:

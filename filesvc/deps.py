@@ -16,6 +16,7 @@ from filesvc.lookup import FileLookup
 from filesvc.metrics import Metrics
 from filesvc.pipeline import UploadPipeline
 from filesvc.storage import Storage
+from filesvc.variants_store import VariantRenderer
 
 
 @dataclass(slots=True)
@@ -32,6 +33,7 @@ class Resources:
     lookup: FileLookup
     uploads: UploadPipeline
     decode_budget: DecodeBudget
+    variants: VariantRenderer
 
 
 def get_resources(request: Request) -> Resources:

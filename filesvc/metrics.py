@@ -114,6 +114,12 @@ class Metrics:
             ["dataset"],
             registry=registry,
         )
+        self.variant_renders = Counter(
+            "filesvc_variant_renders",
+            "Image variants rendered and stored (not those served from storage), by format.",
+            ["format"],
+            registry=registry,
+        )
         if multiprocess_dir() is None:
             # Per-process facts mean nothing once added up over workers.
             ProcessCollector(registry=registry)

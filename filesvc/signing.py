@@ -52,21 +52,40 @@ def _read_key(path: Path) -> bytes:
     return key
 
 
-def signature(key: bytes, file_id: str, expires: int) -> str:
-    message = f"{file_id}:{expires}".encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
+def signature(key: bytes, file_id: str, expires: int, variant: str = "") -> str:
+    """The HMAC of a file's URL until ``expires``; ``variant`` is its canonical variant query."""
+    message = f"{file_id}:{expires}:{variant}" if variant else f"{file_id}:{expires}"
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
 
 
-def verify(key: bytes, file_id: str, expires: str | None, given: str | None) -> None:
-    """Raise :class:`InvalidSignature` unless ``given`` signs ``file_id`` until ``expires``."""
+def verify(
+    key: bytes,
+    file_id: str,
+    expires: str | None,
+    given: str | None,
+    variant: str = "",
+    *,
+    file_signature_covers: bool = False,
+) -> None:
+    """Raise :class:`InvalidSignature` unless ``given`` signs ``file_id`` until ``expires``.
+
+    With ``variant``, the signature must cover those variant parameters; with
+    ``file_signature_covers`` (a preset, which anyone may ask of a public
+    file), the file's own signature is good too.
+    """
     if expires is None or given is None:
         raise InvalidSignature()
     try:
         moment = int(expires)
     except ValueError as exc:
         raise InvalidSignature() from exc
-    expected = signature(key, file_id, moment)
-    if not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace")):
+    offered = given.encode("utf-8", "replace")
+    expected = signature(key, file_id, moment, variant)
+    good = hmac.compare_digest(expected.encode(), offered)
+    if variant and file_signature_covers:
+        plain = signature(key, file_id, moment)
+        good = hmac.compare_digest(plain.encode(), offered) or good
+    if not good:
         raise InvalidSignature()
     if moment < time.time():
         raise InvalidSignature("The signed URL has expired.")

@@ -25,6 +25,7 @@ from filesvc.schemas import (
     IsoDatetime,
     error_responses,
 )
+from filesvc.variants_store import delete_variants
 
 logger = logging.getLogger("filesvc")
 
@@ -188,4 +189,5 @@ async def delete_file(file_id: str, session: SessionDep, resources: ResourcesDep
     # `filesvc check` finds), never a listed file without bytes.
     await crud.delete_file(session, row)
     await resources.storage.delete(row.storage_key)
+    await delete_variants(resources.storage, row.storage_key)
     return Response(status_code=204)

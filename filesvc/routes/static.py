@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from filesvc.deps import Resources
 from filesvc.errors import FileNotFound, SignatureRequired
+from filesvc.lookup import FileRecord
 from filesvc.models import FILE_ID
 from filesvc.schemas import ErrorBody
 from filesvc.serving import (
@@ -38,6 +39,18 @@ from filesvc.serving import (
 )
 from filesvc.signing import MAX_SIGNED_SECONDS, verify
 from filesvc.storage import ObjectNotFound, Storage
+from filesvc.variants import (
+    QUERY_NAMES,
+    SOURCE_TYPES,
+    NotAnImage,
+    VariantQuery,
+    VariantRequest,
+    parse_query,
+    resolve,
+    settle,
+    variant_filename,
+)
+from filesvc.variants_store import range_opener
 
 #: Lifetime of the presigned storage URL a public file redirects to.
 REDIRECT_URL_SECONDS = 3600
@@ -46,6 +59,21 @@ REDIRECT_CACHE_SECONDS = 300
 
 ExpiresQuery = Annotated[str | None, Query(description="Expiry (Unix seconds) of a signed URL.")]
 SignatureQuery = Annotated[str | None, Query(description="HMAC-SHA256 signature of a signed URL.")]
+VariantQueryParam = Annotated[
+    str | None,
+    Query(description="An image variant preset (`FILESVC_IMAGE_PRESETS`), e.g. `thumb`."),
+]
+SideQuery = Annotated[
+    str | None, Query(description="Variant width or height, pixels (1-4096): signed URLs only.")
+]
+FitQuery = Annotated[
+    str | None, Query(description="`cover`, `contain` or `inside`: signed URLs only.")
+]
+FormatQuery = Annotated[
+    str | None,
+    Query(description="`webp`, `avif`, `jpeg`, `png` or `auto`: signed URLs only."),
+]
+QualityQuery = Annotated[str | None, Query(description="Quality 1-100: signed URLs only.")]
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 _HEADERS = {
@@ -75,16 +103,21 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     304: {"description": "Not modified (`If-None-Match`, `If-Modified-Since`)."},
     307: {"description": "Redirect to a presigned S3 URL (with `FILESVC_S3_REDIRECT=true`)."},
-    403: _error("`signature_required` (private file) or `invalid_signature`."),
-    404: _error("No file has this id."),
+    400: _error("A variant parameter is malformed."),
+    403: _error(
+        "`signature_required` (private file, or ad-hoc variant parameters) or `invalid_signature`."
+    ),
+    404: _error("No file has this id, no variant preset this name, or the file is no image."),
+    422: _error("The stored image does not decode (variants)."),
     412: _error("`If-Match` or `If-Unmodified-Since` failed."),
     416: _error("No requested range is satisfiable; `Content-Range: bytes */<size>`."),
-    503: _error("Database or storage unavailable."),
+    503: _error("Database or storage unavailable, or the image-decoding budget is full."),
 }
 _DESCRIPTION = (
     "The stored bytes, streamed. Public files need no credentials; private files need "
     "`expires` and `signature` from `POST /api/v1/files/{id}/signed-url`. Conditional "
-    "requests and byte ranges follow RFC 9110."
+    "requests and byte ranges follow RFC 9110. `?variant=<preset>` serves a raster image "
+    "resized (rendered once, then stored); other variant parameters need a signed URL."
 )
 _ROUTE: dict[str, Any] = {
     "responses": _RESPONSES,
@@ -110,10 +143,14 @@ class StaticFileRoute(APIRoute):
             await super().handle(scope, receive, send)  # 405 with Allow, as for any route
             return
         expires = signature = None
+        variant = None
         if scope["query_string"]:
             query = QueryParams(scope["query_string"])
             expires, signature = query.get("expires"), query.get("signature")
-        response = await respond(scope, scope["path_params"]["file_id"], expires, signature)
+            variant = parse_query(query)
+        response = await respond(
+            scope, scope["path_params"]["file_id"], expires, signature, variant
+        )
         await response(scope, receive, send)
 
 
@@ -134,14 +171,32 @@ def _presign_seconds(expires: str | None) -> int:
 
 
 async def respond(
-    scope: Scope, file_id: str, expires: str | None, signature: str | None
+    scope: Scope,
+    file_id: str,
+    expires: str | None,
+    signature: str | None,
+    variant: VariantQuery | None = None,
 ) -> Response:
     """The answer to a GET or HEAD of a static URL; raises the domain errors."""
     resources: Resources = scope["app"].state.resources
     lookup = resources.lookup
     signed = expires is not None or signature is not None
+    wanted = None
+    if variant is not None:  # 400 or 404 before anything is looked up
+        wanted = resolve(variant, resources.settings.image_presets)
     if signed:  # checked before the database: a bad signature costs no query
-        verify(resources.signing_key, file_id, expires, signature)
+        canonical = variant.canonical() if variant is not None else ""
+        preset_only = variant is not None and not variant.ad_hoc
+        verify(
+            resources.signing_key,
+            file_id,
+            expires,
+            signature,
+            canonical,
+            file_signature_covers=preset_only,
+        )
+    elif variant is not None and variant.ad_hoc:
+        raise SignatureRequired("Variant sizes and formats beyond the presets need a signed URL.")
     if not FILE_ID.fullmatch(file_id):  # unknown without asking the database
         raise FileNotFound()
     row = await lookup.get(file_id)
@@ -150,6 +205,8 @@ async def respond(
     public = row.visibility == "public"
     if not public and not signed:
         raise SignatureRequired()
+    if wanted is not None:
+        return await respond_variant(scope, row, wanted, public=public, signed=signed)
     representation = Representation.of(
         size=row.size, content_type=row.content_type, sha256=row.sha256, created_at=row.created_at
     )
@@ -199,6 +256,66 @@ async def respond(
     return StoredFileResponse(206, headers, body=chunks, content_length=multipart.content_length)
 
 
+async def respond_variant(
+    scope: Scope, row: FileRecord, wanted: VariantRequest, *, public: bool, signed: bool
+) -> Response:
+    """A variant of ``row``, rendered now if it is not stored yet; served like a static file."""
+    if row.content_type not in SOURCE_TYPES:
+        raise NotAnImage()
+    resources: Resources = scope["app"].state.resources
+    renderer = resources.variants
+    accept = None
+    if wanted.format == "auto":
+        lines = [value.decode("latin-1") for name, value in scope["headers"] if name == b"accept"]
+        accept = ", ".join(lines)
+    spec, varies = settle(wanted, row.content_type, accept, renderer.encodable)
+    stored = await renderer.get(row.storage_key, row.content_type, spec)
+    representation = Representation(
+        stored.size, stored.content_type, stored.sha256, stored.rendered_at
+    )
+    cache_control = PUBLIC_CACHE_CONTROL if public and not signed else PRIVATE_CACHE_CONTROL
+    vary = [("vary", "Accept")] if varies else []
+    method = scope["method"]
+    selection = select(method, Conditions.from_raw(scope["headers"]), representation)
+    if selection.status == 304:
+        return StoredFileResponse(304, [*validator_headers(representation, cache_control), *vary])
+    headers = [
+        # A variant is always a raster image, AVIF included: shown inline.
+        (name, "inline;" + value.partition(";")[2])
+        if name == "content-disposition"
+        else (name, value)
+        for name, value in representation_headers(
+            representation,
+            filename=variant_filename(row.filename, spec),
+            cache_control=cache_control,
+        )
+    ]
+    headers.extend(vary)
+    open_range = range_opener(resources.storage, stored)
+    ranges = selection.ranges
+    if len(ranges) == 1:
+        [byte_range] = ranges
+        if selection.status == 206:
+            headers.append(("content-range", byte_range.content_range(representation.size)))
+        headers.append(("content-type", representation.content_type))
+        body = None
+        if method != "HEAD" and byte_range.length:
+            body = await open_range(byte_range.start, byte_range.length)
+        return StoredFileResponse(
+            selection.status, headers, body=body, content_length=byte_range.length
+        )
+    multipart = Multipart.build(ranges, representation.size, representation.content_type)
+    headers.append(("content-type", multipart.content_type))
+    first = await open_range(ranges[0].start, ranges[0].length)
+    chunks = multipart_chunks(open_range, ranges, multipart, first=first)
+    return StoredFileResponse(206, headers, body=chunks, content_length=multipart.content_length)
+
+
+def _variant_query(*values: str | None) -> VariantQuery | None:
+    given = dict(zip(QUERY_NAMES, values, strict=True))
+    return parse_query({name: value for name, value in given.items() if value is not None})
+
+
 # Decorators apply bottom-up: GET, the common case, is registered (and tried) first.
 @router.head(
     "/files/{file_id}/{name:path}", summary="A stored file's headers, by a readable URL", **_ROUTE
@@ -210,9 +327,16 @@ async def serve_named_file(
     name: str,
     expires: ExpiresQuery = None,
     signature: SignatureQuery = None,
+    variant: VariantQueryParam = None,
+    w: SideQuery = None,
+    h: SideQuery = None,
+    fit: FitQuery = None,
+    format: FormatQuery = None,
+    q: QualityQuery = None,
 ) -> Response:
     """``name`` is only for people and tools that save by URL; it is never looked up."""
-    return await respond(request.scope, file_id, expires, signature)
+    wanted = _variant_query(variant, w, h, fit, format, q)
+    return await respond(request.scope, file_id, expires, signature, wanted)
 
 
 @router.head("/files/{file_id}", summary="A stored file's headers", **_ROUTE)
@@ -222,5 +346,12 @@ async def serve_file(
     file_id: str,
     expires: ExpiresQuery = None,
     signature: SignatureQuery = None,
+    variant: VariantQueryParam = None,
+    w: SideQuery = None,
+    h: SideQuery = None,
+    fit: FitQuery = None,
+    format: FormatQuery = None,
+    q: QualityQuery = None,
 ) -> Response:
-    return await respond(request.scope, file_id, expires, signature)
+    wanted = _variant_query(variant, w, h, fit, format, q)
+    return await respond(request.scope, file_id, expires, signature, wanted)

@@ -86,8 +86,8 @@ class Storage(ABC):
         """Raise :class:`filesvc.errors.StorageUnavailable` when the storage cannot be used."""
 
     @abstractmethod
-    def iter_keys(self) -> AsyncIterator[str]:
-        """Every committed key, for consistency checks."""
+    def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        """Every committed key (that starts with ``prefix``), for consistency checks."""
 
     @abstractmethod
     async def sweep_incomplete(self, older_than: float) -> int:

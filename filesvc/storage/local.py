@@ -293,15 +293,22 @@ class LocalStorage(Storage):
         except OSError as exc:
             raise StorageUnavailable(f"Local storage at {self.root} is unusable: {exc}.") from exc
 
-    async def iter_keys(self) -> AsyncIterator[str]:
-        paths = await anyio.to_thread.run_sync(self._committed_paths)
+    async def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        paths = await anyio.to_thread.run_sync(self._committed_paths, prefix)
         for path in paths:
-            yield path.relative_to(self.root).as_posix()
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix):
+                yield key
 
-    def _committed_paths(self) -> list[Path]:
-        if not self.root.exists():
+    def _committed_paths(self, prefix: str = "") -> list[Path]:
+        # Only the folder the prefix names is walked (variants of one file: one folder).
+        folder = prefix.rpartition("/")[0]
+        if folder and not _KEY.match(folder):
             return []
-        return sorted(p for p in self.root.rglob("*") if p.is_file() and not p.name.startswith("."))
+        top = self.root / folder if folder else self.root
+        if not top.exists():
+            return []
+        return sorted(p for p in top.rglob("*") if p.is_file() and not p.name.startswith("."))
 
     async def sweep_incomplete(self, older_than: float) -> int:
         def sweep() -> int:

@@ -190,8 +190,8 @@ class S3Storage(Storage):
                 f"The S3 bucket {self.bucket!r} is unusable ({_error_code(exc)})."
             ) from exc
 
-    async def iter_keys(self) -> AsyncIterator[str]:
-        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix}
+    async def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix}
         while True:
             page = await self._call("", lambda: self.client.list_objects_v2(**request))
             for item in page.get("Contents", []):
