@@ -277,7 +277,8 @@ def test_fits(client: httpx.Client) -> None:
 
 
 def test_served_with_static_url_semantics(client: httpx.Client) -> None:
-    file_id = upload(client, phone_jpeg(), "photo.jpg")
+    original = phone_jpeg()
+    file_id = upload(client, original, "photo.jpg")
     url = f"/files/{file_id}/photo.jpg?variant=thumb"
     accept = {"Accept": "image/webp"}
     first = client.get(url, headers=accept)
@@ -309,7 +310,7 @@ def test_served_with_static_url_semantics(client: httpx.Client) -> None:
     unsatisfiable = client.get(url, headers={**accept, "Range": f"bytes={len(body)}-"})
     assert unsatisfiable.status_code == 416
     # The original is untouched, byte for byte.
-    assert client.get(f"/files/{file_id}").content == phone_jpeg()
+    assert client.get(f"/files/{file_id}").content == original
 
 
 def test_stored_once_beside_the_original(server: LiveServer, client: httpx.Client) -> None:
