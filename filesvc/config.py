@@ -125,11 +125,11 @@ class Settings(BaseSettings):
         "upload is answered 503 with `Retry-After`.",
     )
     image_presets: dict[str, Preset] = Field(
-        default_factory=lambda: dict(DEFAULT_PRESETS),
+        default_factory=lambda: {name: dict(preset) for name, preset in DEFAULT_PRESETS.items()},
         description="Image variant presets served as `?variant=<name>`: a JSON object from name "
         'to `{"width", "height", "fit": "cover|contain|inside", "format": '
-        '"auto|webp|avif|jpeg|png", "quality": 1-100}`; default `thumb` (256×256 cover) and '
-        "`preview` (1280×1280 inside).",
+        '"auto|webp|avif|jpeg|png", "quality": 1-100}` (width or height may be left out for '
+        "`inside`).",
     )
     strip_metadata: bool = Field(
         False,

@@ -95,9 +95,10 @@ class Preset(BaseModel):
         return self
 
 
-DEFAULT_PRESETS: dict[str, Preset] = {
-    "thumb": Preset(width=256, height=256, fit="cover"),
-    "preview": Preset(width=1280, height=1280, fit="inside"),
+#: ``FILESVC_IMAGE_PRESETS``'s default, as its JSON would say it.
+DEFAULT_PRESETS: dict[str, dict[str, int | str]] = {
+    "thumb": {"width": 256, "height": 256, "fit": "cover"},
+    "preview": {"width": 1280, "height": 1280, "fit": "inside"},
 }
 
 
