@@ -43,6 +43,7 @@ from filesvc.errors import (
 )
 from filesvc.formparser import Field, FileData, FileEnd, FileStart, FormParser
 from filesvc.imaging import ImageProbe
+from filesvc.metadata import MetadataStripper
 from filesvc.models import VISIBILITIES, StoredFile
 from filesvc.sniffing import RASTER_IMAGE_TYPES, SNIFF_BYTES, detect
 from filesvc.storage import Storage, StorageWriter, new_key, open_writer
@@ -140,6 +141,11 @@ class FileReceiver:
         self._probe: ImageProbe | None = None
         self._stack = AsyncExitStack()
         self._writer: StorageWriter | None = None
+        # FILESVC_STRIP_METADATA: stored bytes differ from received ones; the
+        # client's digest is checked against what it sent.
+        self._stripper: MetadataStripper | None = None
+        self._received_hash = hashlib.sha256()
+        self.stored_size = 0
 
     async def __aenter__(self) -> FileReceiver:
         return self
@@ -180,6 +186,8 @@ class FileReceiver:
             self._probe = ImageProbe(
                 self.content_type, self._settings.max_image_pixels, self._decode_budget
             )
+        if self._settings.strip_metadata:
+            self._stripper = MetadataStripper.for_type(self.content_type)
         self._writer = await self._stack.enter_async_context(open_writer(self._storage, self.key))
 
     async def _flush(self) -> None:
@@ -203,17 +211,24 @@ class FileReceiver:
             # One worker-thread call for the hash, the decoder feed and the write.
             await anyio.to_thread.run_sync(self._digest_and_write, writer, chunk)
         else:
-            await anyio.to_thread.run_sync(self._digest, chunk)
+            chunk = await anyio.to_thread.run_sync(self._digest, chunk)
             await writer.write(chunk)
 
-    def _digest(self, chunk: bytes) -> None:
+    def _digest(self, chunk: bytes, last: bool = False) -> bytes:
+        """Hash and check the bytes to store (stripped, when asked); they are returned."""
+        if self._stripper is not None:
+            self._received_hash.update(chunk)
+            chunk = self._stripper.feed(chunk)
+            if last:
+                chunk += self._stripper.finish()
+        self.stored_size += len(chunk)
         self._hash.update(chunk)
         if self._probe is not None:
             self._probe.feed(chunk)
+        return chunk
 
-    def _digest_and_write(self, writer: StorageWriter, chunk: bytes) -> None:
-        self._digest(chunk)
-        writer.write_blocking(chunk)
+    def _digest_and_write(self, writer: StorageWriter, chunk: bytes, last: bool = False) -> None:
+        writer.write_blocking(self._digest(chunk, last))
 
     async def finish(self) -> StoredFile:
         """Validate what was received and commit it to storage: a row, not yet recorded."""
@@ -223,12 +238,19 @@ class FileReceiver:
         if self._inflight is not None:
             await self._inflight
             self._inflight = None
+        if self._stripper is not None:  # the bytes it held back
+            assert self._writer is not None
+            if self._writer.writes_in_thread:
+                await anyio.to_thread.run_sync(self._digest_and_write, self._writer, b"", True)
+            else:
+                await self._writer.write(await anyio.to_thread.run_sync(self._digest, b"", True))
         width = height = None
         if self._probe is not None:
             width, height = await anyio.to_thread.run_sync(self._probe.finish)
         sha256 = self._hash.hexdigest()
-        if self.expected_sha256 is not None and self.expected_sha256 != sha256:
-            raise ChecksumMismatch(details={"expected": self.expected_sha256, "received": sha256})
+        received = self._received_hash.hexdigest() if self._stripper is not None else sha256
+        if self.expected_sha256 is not None and self.expected_sha256 != received:
+            raise ChecksumMismatch(details={"expected": self.expected_sha256, "received": received})
         assert self._writer is not None and self.content_type is not None
         await self._writer.commit()
         return StoredFile(
@@ -236,7 +258,7 @@ class FileReceiver:
             storage_key=self.key,
             filename=self.filename,
             content_type=self.content_type,
-            size=self.size,
+            size=self.stored_size,
             sha256=sha256,
             width=width,
             height=height,

@@ -478,3 +478,51 @@ def test_check_knows_variants(server: LiveServer, client: httpx.Client) -> None:
     assert orphans == [ghost]  # the live variant is not damage; the ghost's is an orphan
     assert after == [] and rows == []
     assert client.get(f"/files/{file_id}?variant=thumb").status_code == 200
+
+
+# --- FILESVC_STRIP_METADATA at upload ---------------------------------------------------
+
+
+def test_strip_metadata_at_upload(make_server: ServerFactory) -> None:
+    import base64
+
+    server = make_server(allowed_types=ALLOWED, signing_key=SIGNING_KEY, strip_metadata=True)
+    original = phone_jpeg()
+    digest = base64.b64encode(hashlib.sha256(original).digest()).decode()
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        # The client's digest is of what it sent; the record is of what is stored.
+        response = client.post(
+            "/api/v1/files",
+            params={"filename": "photo.jpg"},
+            content=original,
+            headers={"Repr-Digest": f"sha-256=:{digest}:"},
+        )
+        assert response.status_code == 201, response.text
+        record = response.json()
+        stored = client.get(f"/files/{record['id']}").content
+        assert stored != original
+        assert record["sha256"] == hashlib.sha256(stored).hexdigest()
+        assert record["size"] == len(stored)
+        assert (record["width"], record["height"]) == (400, 300)
+        for word in (b"GPSsecret", b"xmp-secret", b"comment-secret", b"Canon"):
+            assert word not in stored
+        image = Image.open(io.BytesIO(stored))
+        assert dict(image.getexif()) == {0x0112: 6}  # still shown upright
+        assert image.info.get("icc_profile")  # colours unchanged
+        thumb = decode(client.get(f"/files/{record['id']}?variant=thumb"))
+        assert near(thumb.convert("RGB").getpixel((128, 5)), RED)
+        wrong = client.post(
+            "/api/v1/files",
+            params={"filename": "photo.jpg"},
+            content=original,
+            headers={"Repr-Digest": f"sha-256=:{base64.b64encode(bytes(32)).decode()}:"},
+        )
+        assert wrong.status_code == 422
+        multipart = client.post("/api/v1/files", files={"file": ("a.png", png_with_text())})
+        assert multipart.status_code == 201, multipart.text
+        body = client.get(f"/files/{multipart.json()['id']}").content
+        assert b"comment-secret" not in body and b"xmp-secret" not in body
+        assert multipart.json()["size"] == len(body)
+        pdf = b"%PDF-1.7\n% comment-secret\n" + b"x" * 100
+        kept = client.post("/api/v1/files", params={"filename": "d.pdf"}, content=pdf)
+        assert client.get(f"/files/{kept.json()['id']}").content == pdf  # not an image: as sent
