@@ -22,6 +22,10 @@ SCENARIOS = {
     "export": ("tests.perf.exports", "1 M-row CSV export against sqlite3 -csv and Datasette"),
     "static": ("tests.perf.static", "static GETs against nginx and Starlette StaticFiles"),
     "responsiveness": ("tests.perf.responsiveness", "/healthz p99 < 50 ms under load"),
+    "variants": (
+        "tests.perf.variants",
+        "12 MP JPEG thumb: first render < 150 ms, cached GET ≥ 0.9× static, bounded burst",
+    ),
     "load": ("tests.perf.load", "50 concurrent uploads + 8 ranged downloads, no errors"),
 }
 DEFAULT_CACHE = Path(os.environ.get("FILESVC_BENCH_DIR", "/tmp/filesvc-bench"))
