@@ -83,8 +83,9 @@ class ForwardSource(io.RawIOBase):
     head_size = 256 * 1024
     window_bytes = 1024 * 1024
 
-    def __init__(self, pull: Callable[[], bytes]) -> None:
+    def __init__(self, pull: Callable[[], bytes], *, keep_all: bool = False) -> None:
         self._pull_chunk = pull
+        self._keep_all = keep_all
         self._head = bytearray()
         self._window = bytearray()
         self._window_start = 0
@@ -142,7 +143,7 @@ class ForwardSource(io.RawIOBase):
         buffer[: len(data)] = data
         self._pos += len(data)
         behind = self._pos - self._window_start - self.window_bytes
-        if behind > self.window_bytes:  # trim in large steps, not per read
+        if behind > self.window_bytes and not self._keep_all:  # trim in large steps
             del self._window[:behind]
             self._window_start += behind
         return len(data)
@@ -176,7 +177,13 @@ def _pixel_bytes(mode: str) -> int:
     return 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
 
 
-def _needed_bytes(image: Image.Image, content_type: str, resized: tuple[int, int]) -> int:
+#: Types whose decoders read the whole file into memory, or seek anywhere in it.
+_READ_WHOLE = frozenset({"image/webp", "image/tiff"})
+
+
+def _needed_bytes(
+    image: Image.Image, content_type: str, resized: tuple[int, int], source_size: int
+) -> int:
     """An upper bound of the bitmaps the render holds at once, decoder's own included."""
     width, height = image.size
     decoded = width * height * _pixel_bytes(image.mode) + height * 8
@@ -185,6 +192,8 @@ def _needed_bytes(image: Image.Image, content_type: str, resized: tuple[int, int
         total += width * height * 4  # converted to RGB(A) before resizing
     if content_type == "image/webp":
         total += decoded  # libwebp decodes into a buffer of its own, then Pillow copies
+    if content_type in _READ_WHOLE:
+        total += source_size
     # reduce() before the resampling pass, then resize, crop or pad, transpose, convert.
     total += decoded // 4 + resized[0] * resized[1] * 4 * 4
     return total
@@ -240,17 +249,23 @@ def render(
     spec: VariantSpec,
     budget: DecodeBudget,
     max_pixels: int,
+    source_size: int = 0,
 ) -> Rendered:
     """Decode the original read from ``pull``, fit it, encode it; blocking.
+
+    ``source_size`` is the original's length: WebP and TIFF are held whole
+    (libwebp reads the whole file; TIFF's directory may sit at its end), so it
+    counts towards the reservation.
 
     Raises :class:`InvalidContent` (422) for an image that does not decode or
     is larger than ``max_pixels``, and the budget's 503 when it stays full.
     """
     fmt = PILLOW_FORMATS[content_type]
     try:
-        source = io.BufferedReader(ForwardSource(pull), buffer_size=64 * 1024)
+        raw = ForwardSource(pull, keep_all=content_type == "image/tiff")
+        source = io.BufferedReader(raw, buffer_size=64 * 1024)
         with Image.open(source, formats=[fmt]) as image:
-            return _render_open(image, content_type, spec, budget, max_pixels)
+            return _render_open(image, content_type, spec, budget, max_pixels, source_size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidContent("The image exceeds the pixel limit (decompression bomb).") from exc
     except (OSError, SyntaxError, ValueError, EOFError, UnidentifiedImageError) as exc:
@@ -263,6 +278,7 @@ def _render_open(
     spec: VariantSpec,
     budget: DecodeBudget,
     max_pixels: int,
+    source_size: int,
 ) -> Rendered:
     width, height = image.size
     if width * height > max_pixels:
@@ -279,7 +295,7 @@ def _render_open(
     if image.format == "JPEG":
         image.draft(None, stored_target)  # DCT scaling: decode at 1/2, 1/4 or 1/8
     icc = image.info.get("icc_profile")
-    with budget.reserve(_needed_bytes(image, content_type, resized)):
+    with budget.reserve(_needed_bytes(image, content_type, resized, source_size)):
         image.load()  # the first frame only
         orientation = _orientation(image) if orientation == 1 else orientation
         frame: Image.Image = image

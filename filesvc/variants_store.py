@@ -135,7 +135,9 @@ class VariantRenderer:
         self._in_flight: dict[str, asyncio.Future[StoredVariant]] = {}
         self._threads = anyio.CapacityLimiter(RENDER_THREADS)
 
-    async def get(self, original_key: str, content_type: str, spec: VariantSpec) -> StoredVariant:
+    async def get(
+        self, original_key: str, content_type: str, spec: VariantSpec, source_size: int = 0
+    ) -> StoredVariant:
         key = variant_key(original_key, spec)
         found = await read_variant(self.storage, key)
         if found is not None:
@@ -149,7 +151,9 @@ class VariantRenderer:
             # Shielded: the requests waiting on this render must not lose it
             # because the first one's client went away.
             with anyio.CancelScope(shield=True):
-                landed = await self._find_or_render(original_key, key, content_type, spec)
+                landed = await self._find_or_render(
+                    original_key, key, content_type, spec, source_size
+                )
         except BaseException as exc:
             flight.set_exception(exc)
             flight.exception()  # retrieved: nobody else may be waiting
@@ -160,15 +164,15 @@ class VariantRenderer:
         return landed
 
     async def _find_or_render(
-        self, original_key: str, key: str, content_type: str, spec: VariantSpec
+        self, original_key: str, key: str, content_type: str, spec: VariantSpec, source_size: int
     ) -> StoredVariant:
         landed = await read_variant(self.storage, key)  # a flight that just landed
         if landed is None:
-            landed = await self._render(original_key, key, content_type, spec)
+            landed = await self._render(original_key, key, content_type, spec, source_size)
         return landed
 
     async def _render(
-        self, original_key: str, key: str, content_type: str, spec: VariantSpec
+        self, original_key: str, key: str, content_type: str, spec: VariantSpec, source_size: int
     ) -> StoredVariant:
         try:
             reader = await self.storage.open_reader(original_key)
@@ -186,7 +190,7 @@ class VariantRenderer:
             return anyio.from_thread.run(next_chunk)
 
         def work() -> tuple[bytes, str]:
-            rendered = render(pull, content_type, spec, self.budget, self.max_pixels)
+            rendered = render(pull, content_type, spec, self.budget, self.max_pixels, source_size)
             return rendered.data, hashlib.sha256(rendered.data).hexdigest()
 
         try:

@@ -526,3 +526,19 @@ def test_strip_metadata_at_upload(make_server: ServerFactory) -> None:
         pdf = b"%PDF-1.7\n% comment-secret\n" + b"x" * 100
         kept = client.post("/api/v1/files", params={"filename": "d.pdf"}, content=pdf)
         assert client.get(f"/files/{kept.json()['id']}").content == pdf  # not an image: as sent
+
+
+def test_tiff_and_bmp_originals_give_png(make_server: ServerFactory) -> None:
+    server = make_server(
+        allowed_types=[*ALLOWED, "image/tiff", "image/bmp"], signing_key=SIGNING_KEY
+    )
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for fmt in ("TIFF", "BMP"):
+            out = io.BytesIO()
+            _halves((300, 200)).save(out, fmt)
+            file_id = upload(client, out.getvalue(), f"pic.{fmt.lower()}")
+            response = client.get(f"/files/{file_id}?variant=thumb")
+            assert response.headers["content-type"] == "image/png"
+            image = decode(response)
+            assert image.size == (200, 200)
+            assert near(image.convert("RGB").getpixel((5, 100)), RED)

@@ -269,7 +269,7 @@ async def respond_variant(
         lines = [value.decode("latin-1") for name, value in scope["headers"] if name == b"accept"]
         accept = ", ".join(lines)
     spec, varies = settle(wanted, row.content_type, accept, renderer.encodable)
-    stored = await renderer.get(row.storage_key, row.content_type, spec)
+    stored = await renderer.get(row.storage_key, row.content_type, spec, row.size)
     representation = Representation(
         stored.size, stored.content_type, stored.sha256, stored.rendered_at
     )
