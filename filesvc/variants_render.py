@@ -55,7 +55,11 @@ _RESIZABLE = frozenset({"L", "RGB", "RGBA", "CMYK"})
 
 
 def encodable_formats() -> frozenset[str]:
-    """The output formats this Pillow build can write."""
+    """The output formats this Pillow build can write (called once, at start-up).
+
+    Also imports every Pillow plugin now, not in the first render's request.
+    """
+    Image.init()
     found = {"jpeg", "png"}
     if features.check("webp"):
         found.add("webp")

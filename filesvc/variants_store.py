@@ -41,7 +41,7 @@ _HEADER = re.compile(
     rf"{re.escape(_MAGIC)} ([0-9a-f]{{64}}) (\d{{1,12}}) (\d{{1,12}}) ([a-z]+/[a-z0-9.+-]+) *\n"
 )
 #: The first read of a stored variant: thumbnails and most previews fit whole.
-FIRST_READ_BYTES = 256 * 1024
+FIRST_READ_BYTES = 64 * 1024
 #: Renders at once in this process; more wait their turn without holding a thread.
 RENDER_THREADS = 4
 
