@@ -542,3 +542,43 @@ def test_tiff_and_bmp_originals_give_png(make_server: ServerFactory) -> None:
             image = decode(response)
             assert image.size == (200, 200)
             assert near(image.convert("RGB").getpixel((5, 100)), RED)
+
+
+def test_two_services_rendering_at_once_store_one_whole_variant(
+    make_server: ServerFactory,
+) -> None:
+    """Two apps on one storage (as two processes would be): each renders, neither tears."""
+    first = make_server(allowed_types=ALLOWED, signing_key=SIGNING_KEY)
+    second = make_server(allowed_types=ALLOWED, signing_key=SIGNING_KEY)
+    with httpx.Client(base_url=first.url, timeout=60) as client:
+        file_id = upload(client, phone_jpeg((2000, 1500)), "photo.jpg")
+    key = storage_key(first, file_id)
+
+    async def fetch_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as http:
+            return await asyncio.gather(
+                *(
+                    http.get(f"{server.url}/files/{file_id}?variant=preview")
+                    for server in (first, second) * 5
+                )
+            )
+
+    responses = asyncio.run(fetch_all())
+    assert {r.status_code for r in responses} == {200}
+    etags = {r.headers["etag"] for r in responses}
+    for response in responses:
+        assert response.headers["etag"] == f'"{hashlib.sha256(response.content).hexdigest()}"'
+        assert decode(response).size == (960, 1280)
+    [stored] = keys_under(first.settings, variants_prefix(key))
+
+    async def read() -> bytes:
+        storage = create_storage(first.settings)
+        try:
+            return b"".join([chunk async for chunk in await storage.open_reader(stored)])
+        finally:
+            await storage.aclose()
+
+    whole = asyncio.run(read())
+    body = whole[HEADER_SIZE:]
+    assert f'"{hashlib.sha256(body).hexdigest()}"' in etags
+    assert whole[:HEADER_SIZE].split()[1].decode() == hashlib.sha256(body).hexdigest()
