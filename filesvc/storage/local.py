@@ -303,7 +303,7 @@ class LocalStorage(Storage):
     def _committed_paths(self, prefix: str = "") -> list[Path]:
         # Only the folder the prefix names is walked (variants of one file: one folder).
         folder = prefix.rpartition("/")[0]
-        if folder and not _KEY.match(folder):
+        if folder and not STORAGE_KEY.match(folder):
             return []
         top = self.root / folder if folder else self.root
         if not top.exists():
