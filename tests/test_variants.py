@@ -422,18 +422,27 @@ def test_refusals_are_json_errors(client: httpx.Client) -> None:
 
 
 def test_over_the_decode_budget_is_503(make_server: ServerFactory) -> None:
-    server = make_server(allowed_types=ALLOWED, signing_key=SIGNING_KEY)
+    import threading
+
+    server = make_server(allowed_types=ALLOWED, signing_key=SIGNING_KEY, image_decode_wait=0.2)
     with httpx.Client(base_url=server.url, timeout=60) as client:
         file_id = upload(client, phone_jpeg(), "photo.jpg")
         budget = server.app.state.resources.decode_budget
-        budget.wait_seconds = 0.2
-        with budget._room:
-            budget._in_use = budget.limit_bytes  # every byte taken by someone else
+        held, release = threading.Event(), threading.Event()
+
+        def hold_everything() -> None:  # another decode holding the whole budget
+            with budget.reserve(budget.limit_bytes):
+                held.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold_everything)
+        holder.start()
         try:
+            assert held.wait(10)
             response = client.get(f"/files/{file_id}?variant=thumb")
         finally:
-            with budget._room:
-                budget._in_use = 0
+            release.set()
+            holder.join()
         assert response.status_code == 503
         assert response.headers["retry-after"]
         assert response.json()["error"]["code"] == "decode_budget_exhausted"

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
+from filesvc.config import Settings
 from tests.perf.context import Bench
 from tests.perf.harness import MiB, Server, Spread
 from tests.perf.report import Row, ratio, show_ratio
@@ -30,8 +31,8 @@ SIZE = (4000, 3000)
 FIRST_RENDERS = 8
 CONCURRENT = 16
 CACHED_GETS = 200
-#: The decode budget the service uses when the imaging settings do not say (filesvc.app).
-BUDGET_BYTES = 512 * MiB
+#: The decode budget of the servers under test (the setting's default).
+BUDGET_BYTES: int = Settings.model_fields["image_decode_budget_bytes"].default
 ACCEPT = {"Accept": "image/webp,*/*"}
 
 
