@@ -112,19 +112,38 @@ def storage_settings(storage_backend: str, request: pytest.FixtureRequest) -> di
     return {"storage": "local"}
 
 
+def _runs_elsewhere(item: pytest.Item) -> bool:
+    """Whether ``item`` is a combination of database and storage not worth running.
+
+    S3 runs with SQLite only: PostgreSQL × S3 would double the slowest runs for
+    no new path. Tests marked ``embedded`` run on SQLite and local disk only.
+    """
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    database, storage = params.get("database_url"), params.get("storage_backend")
+    if item.get_closest_marker("embedded") is not None:
+        return database not in (None, "sqlite") or storage not in (None, "local")
+    return database == "postgres" and storage == "s3"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (``pytest.mark.anyio``) run on asyncio, as the service does."""
+    return "asyncio"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """S3 runs with SQLite only: PostgreSQL × S3 would double the slowest runs for no new path."""
-    dropped = [
-        item
-        for item in items
-        if (params := getattr(getattr(item, "callspec", None), "params", {}))
-        and params.get("database_url") == "postgres"
-        and params.get("storage_backend") == "s3"
-    ]
+    dropped = [item for item in items if _runs_elsewhere(item)]
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         gone = {id(item) for item in dropped}
         items[:] = [item for item in items if id(item) not in gone]
+
+
+def embedded_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings on the embedded defaults (SQLite, local disk) under ``tmp_path``."""
+    values: dict[str, Any] = {"data_dir": tmp_path / "data", "auto_migrate": True}
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
 
 
 SettingsFactory = Callable[..., Settings]

@@ -63,15 +63,8 @@ ROUTE_SCOPES: dict[tuple[str, str], str] = {
 }
 
 
-@pytest.fixture
-def database_url() -> str:
-    """Keys are checked before any database or storage work: SQLite and disk suffice."""
-    return ""
-
-
-@pytest.fixture
-def storage_settings() -> dict[str, Any]:
-    return {"storage": "local"}
+# Keys are checked before any database or storage work: SQLite and disk suffice.
+pytestmark = pytest.mark.embedded
 
 
 def test_every_api_route_is_in_the_matrix(settings: Settings) -> None:

@@ -27,11 +27,6 @@ FILE_ID = "lookuplookuplookuplookup01"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def engine(tmp_path: Path, database_url: str) -> AsyncIterator[AsyncEngine]:
     settings = Settings(_env_file=None, data_dir=tmp_path, database_url=database_url)
     engine = create_engine(settings)

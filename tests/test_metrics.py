@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -14,19 +13,13 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from filesvc.config import Settings
 from filesvc.middleware import UPLOAD_ROUTES
+from tests.conftest import embedded_settings as _settings
 from tests.images import make_image
 from tests.processes import ServeProcess
 from tests.servers import LiveServer, running
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _settings(tmp_path: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"data_dir": tmp_path / "data", "auto_migrate": True}
-    values.update(overrides)
-    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture

@@ -457,11 +457,6 @@ async def never_disconnects() -> dict[str, Any]:
 SCOPE: dict[str, Any] = {"type": "http", "method": "GET"}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_response_streams_exactly_content_length_and_closes_the_reader() -> None:
     reader = Reader(0, 1024)

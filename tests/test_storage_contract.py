@@ -25,11 +25,6 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def storage(
     storage_backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> AsyncIterator[Storage]:

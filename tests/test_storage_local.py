@@ -23,11 +23,6 @@ KEY = "ab/cdef/somefileid"
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def storage(tmp_path: Path) -> LocalStorage:
     storage = LocalStorage(tmp_path / "files")
     (storage.root / "ab" / "cdef").mkdir(parents=True)
