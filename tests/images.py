@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 
 from PIL import Image
 
@@ -27,3 +29,19 @@ def make_image(
     buffer = io.BytesIO()
     image.save(buffer, FORMATS[content_type])
     return buffer.getvalue()
+
+
+def png_of_size(total: int) -> bytes:
+    """A valid PNG of exactly ``total`` bytes: a small image padded by a private chunk.
+
+    The chunk is ancillary and safe to copy (``prVt``), so decoders skip it.
+    """
+    image = make_image("image/png")
+    end = image.rindex(b"IEND") - 4  # the IEND chunk starts at its length field
+    padding = total - len(image) - 12  # a chunk is length, type, data and CRC
+    if padding < 0:
+        raise ValueError(f"a PNG is at least {len(image) + 12} bytes here")
+    data = b"\0" * padding
+    chunk = struct.pack(">I", padding) + b"prVt" + data
+    chunk += struct.pack(">I", zlib.crc32(b"prVt" + data))
+    return image[:end] + chunk + image[end:]

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.waiting import HANG_SECONDS
+
 FILESVC = str(Path(sys.executable).parent / "filesvc")
 
 
@@ -43,7 +45,7 @@ class ServeProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = data_dir.parent / f"serve-{self.port}.log"
 
-    def start(self, timeout: float = 120) -> ServeProcess:
+    def start(self, timeout: float = 2 * HANG_SECONDS) -> ServeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -62,6 +64,7 @@ class ServeProcess:
                     return self
             except httpx.TransportError:
                 time.sleep(0.05)
+        self.stop()
         raise RuntimeError(f"filesvc serve did not start: {self.log.read_text()}")
 
     @property

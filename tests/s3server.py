@@ -93,9 +93,11 @@ class S3CallLog:
             self.active[model.name] = self.active.get(model.name, 0) + 1
             self.peak[model.name] = max(self.peak.get(model.name, 0), self.active[model.name])
 
-    def _after(self, model: Any, **_: Any) -> None:
+    def _after(self, event_name: str, **_: Any) -> None:
+        # after-call-error (a connection that failed) carries no model: the name it does.
+        name = event_name.rsplit(".", 1)[-1]
         with self._lock:
-            self.active[model.name] -= 1
+            self.active[name] -= 1
 
     def _send(self, event_name: str, **_: Any) -> None:
         with self._lock:

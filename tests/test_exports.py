@@ -12,7 +12,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from decimal import Decimal
@@ -39,6 +38,7 @@ from tests.tables import (
     execute,
     query,
 )
+from tests.waiting import HANG_SECONDS, eventually
 
 EXPORT_TABLES = ["mixed", "mixed_view", "absent"]
 
@@ -471,11 +471,8 @@ def _running(server: LiveServer) -> Exporter:
     return exporter
 
 
-def _eventually(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+def _eventually(condition: Callable[[], bool], timeout: float = HANG_SECONDS) -> None:
+    eventually(condition, "the export's resources are given back", timeout)
 
 
 def _export_backends(server: LiveServer) -> list[tuple[Any, ...]]:
@@ -609,7 +606,10 @@ def test_a_missing_table_is_left_out_then_found_once_created(
             "CREATE TABLE later (id integer PRIMARY KEY)",
             "INSERT INTO later VALUES (1)",
         )
-        time.sleep(0.3)
+        eventually(
+            lambda: http.get("/api/v1/exports/later.csv").status_code == 200,
+            "the new table is found once the retry time has passed",
+        )
         assert export(http, "later") == "id\r\n1\r\n"
 
 
@@ -685,7 +685,7 @@ def test_a_million_rows_stream_in_flat_memory(tmp_path: Path) -> None:
         with httpx.Client(
             base_url=url, timeout=120, headers={"Accept-Encoding": "identity"}
         ) as http:
-            _eventually(lambda: _answers(http), timeout=30)
+            _eventually(lambda: _answers(http))
             # Warm up: the first batches, the thread pool and the allocator's arenas.
             warm = export(http, "big", limit=50_000)
             assert warm.count("\r\n") == 50_001

@@ -5,16 +5,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import socket
-import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.images import EXTENSIONS, FORMATS, make_image
+from tests.images import EXTENSIONS, FORMATS, make_image, png_of_size
 from tests.servers import LiveServer
+from tests.waiting import eventually
 
 MiB = 1024 * 1024
 
@@ -194,10 +195,17 @@ def test_over_limit_is_413_multipart_and_raw(make_server: ServerFactory) -> None
     with httpx.Client(base_url=server.url) as client:
         assert_error(upload(client, data, "big.png"), 413, "payload_too_large")
         assert_error(client.post("/api/v1/files", content=data), 413, "payload_too_large")
-        # Exactly at the limit is fine: the limit counts file bytes, not multipart framing.
-        at_limit = data[:16] + b"\0" * 0
-        assert len(at_limit) <= MiB
     assert_nothing_stored(server)
+    # Exactly at the limit is fine: the limit counts file bytes, not multipart framing.
+    at_limit = png_of_size(MiB)
+    with httpx.Client(base_url=server.url) as client:
+        multipart = upload(client, at_limit, "at-limit.png")
+        assert multipart.status_code == 201, multipart.text
+        raw = client.post("/api/v1/files?filename=at-limit.png", content=at_limit)
+        assert raw.status_code == 201, raw.text
+        assert_error(upload(client, png_of_size(MiB + 1), "over.png"), 413, "payload_too_large")
+    assert multipart.json()["size"] == raw.json()["size"] == MiB
+    assert server.row_count() == 2
 
 
 def test_file_exactly_at_the_limit_is_accepted(make_server: ServerFactory) -> None:
@@ -272,9 +280,7 @@ def test_413_arrives_while_the_client_is_still_sending(
         sock.close()
     assert response.startswith(b"HTTP/1.1 413"), response[:200]
     assert sent < 8 * MiB, f"the server let the client send {sent} bytes first"
-    deadline = time.monotonic() + 5
-    while server.stored_objects() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: not server.stored_objects(), "the refused upload's bytes are removed")
     assert_nothing_stored(server)
 
 
@@ -385,7 +391,9 @@ def test_pagination_returns_each_file_once_newest_first(client: httpx.Client) ->
 
 def test_created_filters(client: httpx.Client) -> None:
     first = upload(client, make_image(), "a.png").json()
-    time.sleep(0.01)
+    # The second upload must be stamped later than the first, whatever the clock's step.
+    stamp = datetime.fromisoformat(first["created_at"])
+    eventually(lambda: datetime.now(UTC) > stamp, "the clock passes the first upload's time")
     second = upload(client, make_image(), "b.png").json()
     after = client.get("/api/v1/files", params={"created_after": first["created_at"]}).json()
     assert [i["id"] for i in after["items"]] == [second["id"]]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from tests.conftest import ServerFactory
 from tests.s3server import MotoS3, S3Bucket, S3CallLog
 from tests.servers import LiveServer
+from tests.waiting import wait_until
 
 MiB = 1024 * 1024
 PART = 5 * MiB
@@ -57,15 +57,6 @@ def parts_sent(bucket: S3Bucket) -> int:
         )
         total += len(parts.get("Parts", []))
     return total
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def body_pausing_once(
@@ -144,7 +135,7 @@ def test_endpoint_lost_mid_upload_is_503_and_leaves_nothing_once_back(
         # The abort could not reach S3 either: the upload is still there...
         assert len(s3_bucket.incomplete_uploads()) == 1
         endpoint.start()  # ... until the endpoint is back on its port.
-        assert wait_until(lambda: s3_bucket.incomplete_uploads() == [], timeout=40)
+        assert wait_until(lambda: s3_bucket.incomplete_uploads() == [])
         assert_nothing_left(server, s3_bucket)
     finally:
         endpoint.stop()
