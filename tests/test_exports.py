@@ -191,17 +191,6 @@ def test_limit(client: httpx.Client) -> None:
     assert export(client, limit=0) == MIXED_HEADER
 
 
-def test_order_by_puts_nulls_last_ascending_and_first_descending(client: httpx.Client) -> None:
-    assert ids(client, order_by="qty") == [2, 4, 1, 5, 3]
-    assert ids(client, order_by="-qty") == [3, 5, 1, 4, 2]
-    assert ids(client, order_by="-active,id") == [3, 1, 4, 2, 5]
-
-
-def test_order_by_breaks_ties_by_the_key(client: httpx.Client) -> None:
-    assert ids(client, order_by="active") == [2, 5, 1, 4, 3]
-    assert ids(client, order_by="-active") == [3, 1, 4, 2, 5]
-
-
 def test_a_view_without_a_key_breaks_ties_by_every_column(
     client: httpx.Client, mixed_server: LiveServer
 ) -> None:
@@ -239,56 +228,6 @@ def test_formula_escape_false(client: httpx.Client) -> None:
     assert text == 'label,note\r\n=SUM(A1),"crlf\r\nend"\r\nżółć 🎉,-negative text\r\n'
 
 
-# ---- filters ----
-
-
-@pytest.mark.parametrize(
-    ("params", "expected"),
-    [
-        ({"qty": "3"}, [1]),
-        ({"qty__eq": "3"}, [1]),
-        ({"qty__ne": "3"}, [2, 4, 5]),
-        ({"qty__gt": "0"}, [1, 5]),
-        ({"qty__gte": "0"}, [1, 4, 5]),
-        ({"qty__lt": "0"}, [2]),
-        ({"qty__lte": "0"}, [2, 4]),
-        ({"qty__in": "3,42,1000"}, [1, 5]),
-        ({"qty__isnull": "true"}, [3]),
-        ({"qty__isnull": "false"}, [1, 2, 4, 5]),
-        ({"label": "plain"}, [1]),
-        ({"label": ""}, [2]),
-        ({"label": "żółć 🎉"}, [5]),
-        ({"label__in": "plain,=SUM(A1)"}, [1, 4]),
-        ({"note": 'say "hi", ok'}, [2]),
-        ({"price__gt": "1"}, [1, 4]),
-        ({"price": "-0.125"}, [2]),
-        ({"price__lte": "0.1"}, [2, 5]),
-        ({"ratio__lt": "0"}, [4]),
-        ({"ratio": "1e-7"}, [2]),
-        ({"active": "true"}, [1, 4]),
-        ({"active": "false"}, [2, 5]),
-        ({"active__ne": "true"}, [2, 5]),
-        ({"day__gt": "2026-01-02"}, [2, 5]),
-        ({"day": "2025-12-31"}, [4]),
-        ({"at__gte": "2026-01-01T00:00:00Z"}, [1, 2, 5]),
-        ({"at": "2026-01-02T05:04:05+02:00"}, [1]),
-        ({"at__lt": "2026-01-02T05:04:05+02:00"}, [4]),
-        ({"at": "2026-03-04T05:06:07.250Z"}, [2]),
-        ({"at__in": "2026-06-01T00:00:00Z,2025-12-31T23:59:59Z"}, [4, 5]),
-        ({"at__isnull": "true"}, [3]),
-        ({"active": "false", "qty__gt": "0"}, [5]),
-        ({"qty__gte": "0", "qty__lte": "3"}, [1, 4]),
-    ],
-)
-def test_filters(client: httpx.Client, params: dict[str, str], expected: list[int]) -> None:
-    assert ids(client, **params) == expected
-
-
-def test_filters_bind_values_never_sql(client: httpx.Client) -> None:
-    assert ids(client, label="plain' OR '1'='1") == []
-    assert ids(client, **{"label__in": "x') OR 1=1 --"}) == []
-
-
 # ---- refusals: all before any CSV ----
 
 
@@ -296,63 +235,6 @@ def test_an_unknown_dataset_is_404(client: httpx.Client) -> None:
     for name in ("nope", "absent", "alembic_version", "sqlite_master"):
         error = refused(client, 404, f"/api/v1/exports/{name}.csv")
         assert error["code"] == "dataset_not_found"
-
-
-@pytest.mark.parametrize(
-    ("params", "parameter"),
-    [
-        ({"columns": "id,nope"}, "columns"),
-        ({"columns": "id,id"}, "columns"),
-        ({"columns": ""}, "columns"),
-        ({"order_by": "nope"}, "order_by"),
-        ({"order_by": "-nope"}, "order_by"),
-        ({"nope": "1"}, "nope"),
-        ({"nope__gt": "1"}, "nope__gt"),
-        ({"qty__like": "1"}, "qty__like"),
-        ({"qty": "abc"}, "qty"),
-        ({"qty": "1.5"}, "qty"),
-        ({"qty": "1_000"}, "qty"),
-        ({"qty": "9223372036854775808"}, "qty"),
-        ({"qty__in": "1,x"}, "qty__in"),
-        ({"price": "1e"}, "price"),
-        ({"ratio": "nan"}, "ratio"),
-        ({"active": "maybe"}, "active"),
-        ({"day": "2026-13-01"}, "day"),
-        ({"at": "yesterday"}, "at"),
-        ({"qty__isnull": "maybe"}, "qty__isnull"),
-        ({"limit": "-1"}, "limit"),
-        ({"limit": "ten"}, "limit"),
-        ({"bom": "yes"}, "bom"),
-        ({"header": "no"}, "header"),
-        ({"formula_escape": "off"}, "formula_escape"),
-        ({"delimiter": "pipe"}, "delimiter"),
-        ({"label": "a\x00b"}, "label"),
-        ({"label": "x" * 3000}, "label"),
-    ],
-)
-def test_a_bad_query_is_400_naming_the_parameter(
-    client: httpx.Client, params: dict[str, str], parameter: str
-) -> None:
-    error = refused(client, 400, **params)
-    assert error["code"] == "invalid_request"
-    assert error["details"]["parameter"] == parameter
-    assert parameter in error["message"]
-
-
-def test_a_zoned_column_needs_a_zoned_value(client: httpx.Client, mixed_server: LiveServer) -> None:
-    error = refused(client, 400, "/api/v1/exports/files.csv", created_at__gt="2026-01-01T00:00:00")
-    assert "time zone" in error["message"]
-    if not is_sqlite(mixed_server):  # timestamptz; SQLite keeps no zone, naive values mean UTC
-        refused(client, 400, at="2026-01-01T00:00:00")
-
-
-def test_an_integer_out_of_the_columns_range_is_400_on_postgresql(
-    client: httpx.Client, mixed_server: LiveServer
-) -> None:
-    if is_sqlite(mixed_server):
-        assert ids(client, qty__lt="3000000000") == [1, 2, 4, 5]  # SQLite integers are 64-bit
-    else:
-        refused(client, 400, qty__lt="3000000000")  # an integer column is 32-bit
 
 
 def test_a_column_that_cannot_be_compared_takes_only_isnull(
@@ -374,20 +256,6 @@ def test_a_column_that_cannot_be_compared_takes_only_isnull(
         for params in ({"data": "x"}, {"order_by": "data"}):
             error = refused(http, 400, "/api/v1/exports/blobs.csv", **params)
             assert "binary" in error["message"]
-
-
-def test_options_may_not_repeat_and_filters_are_bounded(client: httpx.Client) -> None:
-    response = client.get("/api/v1/exports/mixed.csv?limit=1&limit=2")
-    assert response.status_code == 400
-    assert "more than once" in response.json()["error"]["message"]
-    many = "&".join(f"qty__ne={i}" for i in range(33))
-    assert client.get(f"/api/v1/exports/mixed.csv?{many}").status_code == 400
-    assert ids(client, **{"qty__ne": "999"}) == [1, 2, 4, 5]
-    huge = "&".join(f"label__ne={'x' * 1000}" for _ in range(9))
-    assert client.get(f"/api/v1/exports/mixed.csv?{huge}").status_code == 400
-    long_list = ",".join(str(i) for i in range(501))
-    assert client.get("/api/v1/exports/mixed.csv", params={"qty__in": long_list}).status_code == 400
-    assert client.get("/api/v1/exports/mixed.csv?label=%ff").status_code == 400
 
 
 # ---- round trip ----
@@ -711,11 +579,3 @@ def _answers(http: httpx.Client) -> bool:
         return http.get("/healthz").status_code == 200
     except httpx.TransportError:
         return False
-
-
-def test_a_date_with_no_utc_value_is_400(client: httpx.Client) -> None:
-    response = client.get(
-        "/api/v1/exports/files.csv", params={"created_at__gt": "0001-01-01T00:00:00+14:00"}
-    )
-    assert response.status_code == 400, response.text
-    assert response.json()["error"]["code"] == "invalid_request"
