@@ -11,8 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from tests.browser import DESKTOP, PHONE, PageWatch, launch, screenshot, watch
 from tests.conftest import ServerFactory
 from tests.images import make_image
 from tests.servers import LiveServer
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -111,15 +111,6 @@ def tile_messages(page: Page) -> dict[str, str]:
     names = page.locator("#uploads .tile .tile-name").all_inner_texts()
     messages = page.locator("#uploads .tile .tile-message").all_inner_texts()
     return dict(zip(names, messages, strict=True))
-
-
-def eventually(check: Callable[[], bool], seconds: float = 10) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # --------------------------------------------------------------------- tests
@@ -241,7 +232,7 @@ def test_cancel_aborts_the_upload_and_stores_nothing(
 
     wait_for_tiles(page, "cancelled", 1)
     assert tile_messages(page) == {"slow.png": "Cancelled."}
-    assert eventually(lambda: server.stored_paths() == []), server.stored_paths()
+    assert wait_until(lambda: server.stored_paths() == []), server.stored_paths()
     assert listed(client) == []
     tab.assert_no_errors()
 

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from filesvc.config import Settings
 from filesvc.exports import Catalog, Exporter
 from tests.conftest import ServerFactory, SettingsFactory
+from tests.exporting import export, refused
 from tests.images import make_image
 from tests.servers import LiveServer
 from tests.tables import (
@@ -62,28 +63,6 @@ def client(mixed_server: LiveServer) -> Iterator[httpx.Client]:
         base_url=mixed_server.url, timeout=60, headers={"Accept-Encoding": "identity"}
     ) as http:
         yield http
-
-
-def export(client: httpx.Client, name: str = "mixed", **params: Any) -> str:
-    response = client.get(f"/api/v1/exports/{name}.csv", params=params)
-    assert response.status_code == 200, response.text
-    return response.content.decode("utf-8")
-
-
-def ids(client: httpx.Client, **params: Any) -> list[int]:
-    text = export(client, columns="id", **params)
-    assert text.startswith("id\r\n")
-    return [int(line) for line in text.split("\r\n")[1:-1]]
-
-
-def refused(
-    client: httpx.Client, status: int, path: str = "/api/v1/exports/mixed.csv", **params: Any
-) -> dict[str, Any]:
-    response = client.get(path, params=params)
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body: dict[str, Any] = response.json()["error"]
-    return body
 
 
 def is_sqlite(server: LiveServer) -> bool:

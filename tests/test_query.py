@@ -52,6 +52,8 @@ from filesvc.exports.query import (
     parse_query,
     parse_query_string,
 )
+from tests.exporting import ids
+from tests.exporting import refused as refused_over_http
 from tests.servers import running
 from tests.tables import create_mixed
 
@@ -430,28 +432,6 @@ def mixed(
 @pytest.fixture
 def client(mixed: tuple[Settings, httpx.Client]) -> httpx.Client:
     return mixed[1]
-
-
-def export(client: httpx.Client, name: str = "mixed", **params: Any) -> str:
-    response = client.get(f"/api/v1/exports/{name}.csv", params=params)
-    assert response.status_code == 200, response.text
-    return response.content.decode("utf-8")
-
-
-def ids(client: httpx.Client, **params: Any) -> list[int]:
-    text = export(client, columns="id", **params)
-    assert text.startswith("id\r\n")
-    return [int(line) for line in text.split("\r\n")[1:-1]]
-
-
-def refused_over_http(
-    client: httpx.Client, status: int, path: str = "/api/v1/exports/mixed.csv", **params: Any
-) -> dict[str, Any]:
-    response = client.get(path, params=params)
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/json"
-    body: dict[str, Any] = response.json()["error"]
-    return body
 
 
 def test_order_by_puts_nulls_last_ascending_and_first_descending(client: httpx.Client) -> None:
