@@ -116,12 +116,15 @@ def _runs_elsewhere(item: pytest.Item) -> bool:
     """Whether ``item`` is a combination of database and storage not worth running.
 
     S3 runs with SQLite only: PostgreSQL × S3 would double the slowest runs for
-    no new path. Tests marked ``embedded`` run on SQLite and local disk only.
+    no new path. Tests marked ``embedded`` run on SQLite and local disk only,
+    tests marked ``sqlite_only`` on SQLite with each storage.
     """
     params = getattr(getattr(item, "callspec", None), "params", {})
     database, storage = params.get("database_url"), params.get("storage_backend")
     if item.get_closest_marker("embedded") is not None:
         return database not in (None, "sqlite") or storage not in (None, "local")
+    if item.get_closest_marker("sqlite_only") is not None:
+        return database not in (None, "sqlite")
     return database == "postgres" and storage == "s3"
 
 

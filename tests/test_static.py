@@ -712,6 +712,7 @@ def serving(data_dir: Path, env: dict[str, str]) -> Iterator[ServeProcess]:
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite_only  # the bytes stream from storage; the database holds one row
 def test_200_mib_download_keeps_memory_flat(serve_settings: tuple[Path, dict[str, str]]) -> None:
     size = 200 * MiB
     block = random.Random(1).randbytes(MiB)
