@@ -9,7 +9,6 @@ parameter this test does not know fails it, naming the route.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator, MutableMapping
 from functools import partial
 from pathlib import Path
@@ -24,6 +23,7 @@ from filesvc.routemap import effective_routes
 from tests.conftest import ServerFactory
 from tests.images import make_image
 from tests.servers import LiveServer
+from tests.waiting import eventually
 
 KEY = "head-admin-key-31c9"
 #: Headers that differ between two answers to the same request by nature.
@@ -33,14 +33,7 @@ LIVE_PAGES = {"/metrics"}
 _PARAMETER = re.compile(r"{([a-z_]+)(?::[a-z]+)?}")
 
 
-@pytest.fixture
-def database_url() -> str:
-    return ""
-
-
-@pytest.fixture
-def storage_settings() -> dict[str, Any]:
-    return {"storage": "local"}
+pytestmark = pytest.mark.embedded
 
 
 @pytest.fixture
@@ -161,10 +154,7 @@ def test_head_of_an_export_leaves_the_service_whole(keyed: LiveServer, http: htt
     assert head.content == b""
     # The export stops once the headers are out (it ends just after the answer).
     idle = re.compile(r"^filesvc_exports_in_progress(\{[^}]*\})? 0\.0$", re.M)
-    deadline = time.monotonic() + 10
-    while not idle.search(metrics := http.get("/metrics").text):
-        assert time.monotonic() < deadline, metrics
-        time.sleep(0.05)
+    eventually(lambda: idle.search(http.get("/metrics").text), "the export ends")
     for _ in range(3):
         assert http.get("/api/v1/exports/files.csv").status_code == 200
 

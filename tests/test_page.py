@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 import pytest
 
-
-@pytest.fixture
-def database_url() -> str:
-    return ""
-
-
-@pytest.fixture
-def storage_settings() -> dict[str, Any]:
-    return {"storage": "local"}
+pytestmark = pytest.mark.embedded
 
 
 @pytest.mark.parametrize("url", ["/", "/static/app.js", "/static/vendor/tus.min.js"])
