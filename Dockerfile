@@ -14,6 +14,12 @@ RUN python -m venv /opt/filesvc \
     && /opt/filesvc/bin/pip install --no-cache-dir .
 
 FROM python:3.12-slim
+# libmagic detects each upload's type from its bytes (python-magic loads it at start-up).
+# Not pinned: Debian's security updates replace the exact version.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libmagic1 \
+    && rm -rf /var/lib/apt/lists/*
 ENV PATH=/opt/filesvc/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from filesvc.sniffing import DETECTABLE_TYPES
+from filesvc.sniffing import unknown_patterns
 from filesvc.variants import DEFAULT_PRESETS, Preset
 
 MiB = 1024 * 1024
@@ -140,7 +140,8 @@ class Settings(BaseSettings):
     )
     allowed_types: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["image/jpeg", "image/png", "image/gif", "image/webp"],
-        description="Content types accepted, detected from the bytes (JSON array or a,b,c).",
+        description="Content types accepted, detected from the bytes (JSON array or a,b,c): "
+        "types from the README's list, `type/*`, or `*/*` for anything.",
     )
     max_form_fields: int = Field(
         16, ge=1, description="Most non-file form fields in one multipart request."
@@ -207,11 +208,11 @@ class Settings(BaseSettings):
     @field_validator("allowed_types")
     @classmethod
     def _detectable(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(DETECTABLE_TYPES))
+        unknown = unknown_patterns(value)
         if unknown:
             raise ValueError(
-                f"cannot detect {', '.join(unknown)} from bytes; "
-                f"known: {', '.join(sorted(DETECTABLE_TYPES))}"
+                f"cannot detect {', '.join(unknown)} from bytes; use types from the README's "
+                "list, type/* or */*"
             )
         return value
 

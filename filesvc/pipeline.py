@@ -45,7 +45,7 @@ from filesvc.formparser import Field, FileData, FileEnd, FileStart, FormParser
 from filesvc.imaging import ImageProbe
 from filesvc.metadata import MetadataStripper
 from filesvc.models import VISIBILITIES, StoredFile
-from filesvc.sniffing import RASTER_IMAGE_TYPES, SNIFF_BYTES, detect
+from filesvc.sniffing import RASTER_IMAGE_TYPES, SNIFF_BYTES, allows, detect
 from filesvc.storage import Storage, StorageWriter, new_key, open_writer
 
 logger = logging.getLogger("filesvc")
@@ -94,11 +94,15 @@ def parse_sha256_hex(value: str) -> str:
 
 
 def allowed_type(head: bytes, settings: Settings) -> str:
-    """The type ``head`` (a file's first bytes) proves, if the settings allow it; else 415."""
+    """The type ``head`` (a file's first bytes) proves, if the settings allow it; else 415.
+
+    CPU-bound (libmagic and the text rule, up to a few milliseconds): call it
+    from a worker thread.
+    """
     content_type = detect(head[:SNIFF_BYTES])
-    if content_type is None or content_type not in settings.allowed_types:
+    if not allows(settings.allowed_types, content_type):
         allowed = ", ".join(settings.allowed_types)
-        what = "empty" if not head else f"of type {content_type or 'unknown'}"
+        what = "empty" if not head else f"of type {content_type}"
         raise UnsupportedMediaType(f"The file is {what}; allowed types: {allowed}.")
     return content_type
 
@@ -181,7 +185,8 @@ class FileReceiver:
             raise self._probe.error
 
     async def _start(self) -> None:
-        self.content_type = allowed_type(b"".join(self._pieces)[:SNIFF_BYTES], self._settings)
+        head = b"".join(self._pieces)[:SNIFF_BYTES]
+        self.content_type = await anyio.to_thread.run_sync(allowed_type, head, self._settings)
         if self.content_type in RASTER_IMAGE_TYPES:
             self._probe = ImageProbe(
                 self.content_type, self._settings.max_image_pixels, self._decode_budget
