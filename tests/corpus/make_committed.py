@@ -54,7 +54,9 @@ def office() -> None:
 
 
 def ffmpeg(name: str, *args: str) -> None:
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args, str(HERE / name)], check=True)
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *args, str(HERE / name)], check=True
+    )
 
 
 def media() -> None:
