@@ -105,6 +105,16 @@ DETECTABLE_TYPES = frozenset(TYPES)
 #: Accepts every type in ``FILESVC_ALLOWED_TYPES``.
 ANY_TYPE = "*/*"
 
+# Signatures long enough never to open a text file ("BM" for BMP would).
+_RASTER_SIGNATURES = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+    (b"II*\x00", "image/tiff"),
+    (b"MM\x00*", "image/tiff"),
+)
+
 #: libmagic's name for a type where it differs from the one recorded here.
 _ALIASES = {
     "audio/x-wav": "audio/wav",
@@ -159,6 +169,13 @@ def detect(head: bytes) -> str:
     found = _libmagic(head)
     if found in TYPES and found not in _TEXT_RULE_TYPES:
         return found
+    # libmagic wants more than a signature (a PNG's IHDR, say); a file that opens
+    # with one still claims to be that image, so Pillow judges it (422, not 415).
+    for signature, content_type in _RASTER_SIGNATURES:
+        if head.startswith(signature):
+            return content_type
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
     return _text_type(head, complete=len(head) < SNIFF_BYTES) or OCTET_STREAM
 
 

@@ -170,6 +170,9 @@ POLYGLOTS = {
     "jpeg-then-html": (make_image("image/jpeg") + HTML, "image/jpeg", 201),
     "png-then-zip": (_zip_appended(make_image("image/png")), "image/png", 201),
     "gif-header-then-html": (b"GIF89a" + HTML, "image/gif", 422),
+    "png-signature-then-html": (b"\x89PNG\r\n\x1a\n" + HTML, "image/png", 422),
+    "webp-header-then-html": (b"RIFF\0\0\0\0WEBPVP8 " + HTML, "image/webp", 422),
+    "tiff-header-then-html": (b"II*\x00" + HTML, "image/tiff", 422),
     "jpeg-header-then-pdf": (b"\xff\xd8\xff\xe0" + image("PDF"), "image/jpeg", 422),
     # Text until the PNG's bytes: binary, stored (with */*) as bytes, an attachment.
     "html-then-png": (HTML + make_image("image/png"), OCTET_STREAM, 201),
