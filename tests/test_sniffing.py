@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import zipfile
@@ -284,6 +285,41 @@ def test_default_list_refuses_markup_and_documents(make_server: ServerFactory) -
         for data in (HTML, SVG, gzip.compress(HTML), docx):
             response = _upload(client, data, "photo.png", "image/png")
             assert response.status_code == 415, response.text
+    assert server.row_count() == 0 and server.stored_objects() == []
+
+
+@pytest.mark.parametrize("sent", [SNIFF_BYTES, SNIFF_BYTES - 1])
+def test_the_type_is_judged_once_the_head_has_arrived(
+    make_server: ServerFactory, sent: int
+) -> None:
+    """The pipeline buffers SNIFF_BYTES, no more, before it answers 415.
+
+    With one byte less the server must wait for more (the client then stops);
+    with the full head it answers while the rest of the body is still unsent.
+    """
+    server = make_server()
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    try:
+        sock.sendall(
+            b"POST /api/v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 10485760\r\n\r\n" + TEXT.encode()[:1] * sent
+        )
+        if sent < SNIFF_BYTES:
+            sock.shutdown(socket.SHUT_WR)  # the body ends short: judged on what came
+        sock.settimeout(30)
+        response = b""
+        while b"\r\n\r\n" not in response:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            response += chunk
+    finally:
+        sock.close()
+    if sent == SNIFF_BYTES:
+        assert response.startswith(b"HTTP/1.1 415"), response[:200]
+    else:
+        # Not judged early: the short body is a broken request, not a type refusal.
+        assert not response.startswith(b"HTTP/1.1 415"), response[:200]
     assert server.row_count() == 0 and server.stored_objects() == []
 
 
