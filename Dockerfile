@@ -15,10 +15,11 @@ RUN python -m venv /opt/filesvc \
 
 FROM python:3.12-slim
 # libmagic detects each upload's type from its bytes (python-magic loads it at start-up).
-# Not pinned: Debian's security updates replace the exact version.
+# Installed through `file`, whose name is the same on Debian 12 and 13 (the library is
+# libmagic1 on one, libmagic1t64 on the other). Not pinned: security updates replace it.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libmagic1 \
+    && apt-get install -y --no-install-recommends file \
     && rm -rf /var/lib/apt/lists/*
 ENV PATH=/opt/filesvc/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -96,8 +96,7 @@ def parse_sha256_hex(value: str) -> str:
 def allowed_type(head: bytes, settings: Settings) -> str:
     """The type ``head`` (a file's first bytes) proves, if the settings allow it; else 415.
 
-    CPU-bound (libmagic and the text rule, up to a few milliseconds): call it
-    from a worker thread.
+    CPU-bound (libmagic and the text rule): call it from a worker thread.
     """
     content_type = detect(head[:SNIFF_BYTES])
     if not allows(settings.allowed_types, content_type):

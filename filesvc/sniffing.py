@@ -6,10 +6,11 @@ the bytes decide. Binary formats are recognised by libmagic (the library behind
 :func:`_text_type`. Every upload gets exactly one type from :data:`TYPES`;
 bytes that nothing recognises are ``application/octet-stream``.
 
-libmagic runs with its text tests off: on some text (64 KiB of newlines) they
-cost seconds of CPU, and they need a whole JSON document where an upload's
-head holds only a prefix. Its binary tests cost well under a millisecond on
-ordinary files and stay bounded by :data:`SNIFF_BYTES` on hostile ones.
+libmagic runs with its text tests off: on some text (long runs of newlines or
+spaces) they cost far more CPU than the rest of an upload, and they need a
+whole JSON document where an upload's head holds only a prefix. Its binary
+tests are cheap, and bounded by :data:`SNIFF_BYTES` on hostile input (the
+README gives the measurements).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ TYPES: dict[str, str] = {
     "image/bmp": "BMP image",
     "image/tiff": "TIFF image",
     "image/avif": "AVIF image",
+    "image/heic": "HEIC image (iPhone photos)",
     "image/vnd.microsoft.icon": "Windows icon (.ico)",
     "image/svg+xml": "SVG drawing",
     "application/pdf": "PDF document",
@@ -145,14 +147,17 @@ class _Magic:
         magic.magic_load(self._cookie, None)
 
     def __call__(self, head: bytes) -> str:
-        with self._lock:
-            result = magic.magic_buffer(self._cookie, head)
+        try:
+            with self._lock:
+                result = magic.magic_buffer(self._cookie, head)
+        except magic.MagicException:  # libmagic gave up: unrecognised, not a server error
+            return ""
         name = result.decode() if isinstance(result, bytes) else str(result or "")
         return _ALIASES.get(name, name)
 
 
-# Loading maps the compiled database (well under a millisecond): done at import,
-# so that a missing libmagic stops start-up instead of the first upload.
+# Loading maps the compiled database, which is cheap: done at import, so that a
+# missing libmagic stops start-up instead of failing the first upload.
 _libmagic = _Magic()
 
 
@@ -160,8 +165,7 @@ def detect(head: bytes) -> str:
     """The type of the file whose first bytes are ``head``: one of :data:`TYPES`.
 
     ``head`` is the file's first :data:`SNIFF_BYTES` bytes, or the whole file
-    when it is shorter. CPU-bound (up to a few milliseconds): call it from a
-    worker thread.
+    when it is shorter. CPU-bound: call it from a worker thread.
     """
     head = head[:SNIFF_BYTES]
     if not head:

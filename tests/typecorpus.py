@@ -150,6 +150,7 @@ def real_files() -> tuple[Sample, ...]:
         Sample("image.bmp", image("BMP"), "image/bmp"),
         Sample("image.tif", image("TIFF"), "image/tiff"),
         Sample("image.avif", image("AVIF"), "image/avif"),
+        Sample("photo.heic", _committed("photo.heic"), "image/heic"),
         Sample("favicon.ico", image("ICO", (32, 32)), "image/vnd.microsoft.icon"),
         Sample("drawing.svg", SVG, "image/svg+xml"),
         Sample("scan.pdf", image("PDF"), "application/pdf"),

@@ -4,7 +4,7 @@ The tests build most of the corpus at run time (tests/corpus.py: images with
 Pillow, archives and WAV with the standard library, text formats). What needs
 an encoder or an office suite that CI does not have is made once by this
 script and committed next to it; every file is small. It needs, besides the
-project's dev install: ``pip install python-docx openpyxl python-pptx odfpy``
+project's dev install: ``pip install python-docx openpyxl python-pptx odfpy pillow-heif``
 and Debian's ``ffmpeg`` and ``p7zip-full``. Run from the repository root:
 
     python tests/corpus/make_committed.py
@@ -74,6 +74,13 @@ def media() -> None:
     ffmpeg("clip.avi", *video, "-c:v", "mjpeg", "-an")
 
 
+def heic() -> None:
+    from PIL import Image
+
+    importlib.import_module("pillow_heif").register_heif_opener()
+    Image.new("RGB", (64, 48), (200, 40, 90)).save(HERE / "photo.heic", quality=50)
+
+
 def sevenzip() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(tmp) / "notes.txt"
@@ -85,5 +92,6 @@ def sevenzip() -> None:
 
 if __name__ == "__main__":
     office()
+    heic()
     media()
     sevenzip()
