@@ -25,7 +25,7 @@ from filesvc.metrics import Metrics, release_process
 from filesvc.middleware import RequestMiddleware
 from filesvc.origins import install_origins
 from filesvc.pipeline import UploadPipeline
-from filesvc.routes import exports, files, health, signed_urls
+from filesvc.routes import exports, files, health, signed_urls, uploads
 from filesvc.routes import metrics as metrics_routes
 from filesvc.routes import static as static_urls
 from filesvc.signing import load_signing_key
@@ -126,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(files.router)
     api.include_router(signed_urls.router)
     api.include_router(exports.router)
+    api.include_router(uploads.router)
     app.include_router(api)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)
