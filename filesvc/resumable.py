@@ -48,14 +48,11 @@ from filesvc.imaging import ImageProbe
 from filesvc.models import FILE_ID, ResumableUpload, StoredFile
 from filesvc.sniffing import RASTER_IMAGE_TYPES, SNIFF_BYTES, detect
 from filesvc.storage import Storage, new_key
-from filesvc.storage.resumable import Appender, ResumableStore, UploadLost
+from filesvc.storage.resumable import KEY_PREFIX, Appender, ResumableStore, UploadLost
 from filesvc.tusheaders import Checksum
 from filesvc.uploads import new_file_id, parse_sha256_hex, sanitize_filename
 
 logger = logging.getLogger("filesvc")
-
-#: Where resumable uploads' objects live in storage (see :func:`resumable_key`).
-KEY_PREFIX = "tus/"
 
 
 class UploadNotFound(NotFound):

@@ -25,6 +25,11 @@ from filesvc.storage.base import Storage
 
 State = dict[str, Any]
 
+#: Prefix of every storage key a resumable upload uses: S3's start-up sweep of
+#: crashed one-shot uploads (hours) leaves these alone, since tus clients may
+#: resume for a day; their own expiry sweeps them.
+KEY_PREFIX = "tus/"
+
 
 class UploadLost(Exception):
     """The stored bytes of an upload are gone or shorter than its recorded offset."""
@@ -63,6 +68,10 @@ class ResumableStore(ABC):
     @abstractmethod
     async def discard(self, upload_id: str, key: str, state: State) -> None:
         """Remove every byte of an unfinished upload (a finished object stays)."""
+
+    def staging_keys(self, upload_id: str) -> list[str]:
+        """Storage keys an unfinished upload may hold besides its final key (for checks)."""
+        return []
 
 
 def create_resumable_store(settings: Settings, storage: Storage) -> ResumableStore:

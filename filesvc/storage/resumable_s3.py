@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from filesvc.storage.base import ObjectNotFound
 from filesvc.storage.multipart import Pieces
-from filesvc.storage.resumable import Appender, ResumableStore, State, UploadLost
+from filesvc.storage.resumable import KEY_PREFIX, Appender, ResumableStore, State, UploadLost
 from filesvc.storage.s3 import S3Storage
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 def staging_key(upload_id: str) -> str:
     """The object that holds an upload's bytes not yet sent as a part."""
-    return f"tus/staging/{upload_id}"
+    return f"{KEY_PREFIX}staging/{upload_id}"
 
 
 class S3Appender(Appender):
@@ -146,6 +146,9 @@ class S3ResumableStore(ResumableStore):
             if len(data) != staged:
                 raise UploadLost(upload_id)
         return S3Appender(self._storage, upload_id, key, state, data)
+
+    def staging_keys(self, upload_id: str) -> list[str]:
+        return [staging_key(upload_id)]
 
     async def discard(self, upload_id: str, key: str, state: State) -> None:
         if state.get("upload_id"):
