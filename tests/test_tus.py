@@ -569,3 +569,33 @@ def test_metrics_show_uploads_in_progress(docs: LiveServer, http: httpx.Client) 
     assert "filesvc_resumable_uploads 2.0" in text
     assert http.delete(url, headers=TUS).status_code == 204
     assert "filesvc_resumable_uploads 1.0" in http.get("/metrics").text
+
+
+# -- filesvc check ----------------------------------------------------------------------
+
+
+def test_check_reports_unfinished_and_expired_uploads_and_fix_sweeps(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    from tests.test_consistency import run_check
+
+    data = make_image("image/png", size=(400, 400), noise=True)
+    kept, old = created(client, len(data)), created(client, len(data))
+    for url in (kept, old):
+        assert patch(client, url, 0, data[:5000]).status_code == 204
+    clean = run_check(server)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "2 resumable uploads unfinished, 0 expired" in clean.stdout
+
+    expire(server, upload_id(old))
+    found = run_check(server)
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert f"expired upload: {upload_id(old)}" in found.stdout
+    fixed = run_check(server, "--fix")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert server.query("SELECT id FROM resumable_uploads") == [(upload_id(kept),)]
+    after = run_check(server)
+    assert after.returncode == 0
+    assert "1 resumable uploads unfinished, 0 expired" in after.stdout
+    assert patch(client, kept, 5000, data[5000:]).status_code == 204
+    assert run_check(server).returncode == 0

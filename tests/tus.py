@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -90,10 +91,13 @@ def execute(server: LiveServer, sql: str, **params: Any) -> None:
 
 def expire(server: LiveServer, upload: str) -> None:
     """Back-date an upload's expiry, as if FILESVC_UPLOAD_EXPIRES had passed."""
+    past: Any = datetime(2000, 1, 1, tzinfo=UTC)
+    if server.settings.is_sqlite:
+        past = "2000-01-01 00:00:00.000000"  # how SQLAlchemy stores them there
     execute(
         server,
         "UPDATE resumable_uploads SET expires_at = :past WHERE id = :id",
-        past="2000-01-01 00:00:00",
+        past=past,
         id=upload,
     )
 
