@@ -33,11 +33,11 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import ClientDisconnect
 
+from filesvc import crud
 from filesvc.config import Settings
 from filesvc.errors import (
     ChecksumMismatch,
     FilesvcError,
-    InvalidRequest,
     NotFound,
     PayloadTooLarge,
     RequestTimeout,
@@ -46,11 +46,17 @@ from filesvc.errors import (
 from filesvc.hashstate import ResumableSha256
 from filesvc.imaging import ImageProbe
 from filesvc.models import FILE_ID, ResumableUpload, StoredFile
-from filesvc.sniffing import RASTER_IMAGE_TYPES, SNIFF_BYTES, detect
+from filesvc.pipeline import (
+    allowed_type,
+    new_file_id,
+    parse_sha256_hex,
+    parse_visibility,
+    sanitize_filename,
+)
+from filesvc.sniffing import RASTER_IMAGE_TYPES, SNIFF_BYTES
 from filesvc.storage import Storage, new_key
 from filesvc.storage.resumable import KEY_PREFIX, Appender, ResumableStore, UploadLost
 from filesvc.tusheaders import Checksum
-from filesvc.uploads import new_file_id, parse_sha256_hex, sanitize_filename
 
 logger = logging.getLogger("filesvc")
 
@@ -139,10 +145,8 @@ class Uploads:
         if length > limit:
             raise PayloadTooLarge(f"The file is larger than the limit of {limit} bytes.")
         if length == 0:
-            _refuse_type(self.settings, None, empty=True)
-        visibility = metadata.get("visibility") or "public"
-        if visibility not in ("public", "private"):
-            raise InvalidRequest("visibility must be 'public' or 'private'.")
+            allowed_type(b"", self.settings)  # 415: the file is empty
+        visibility = parse_visibility(metadata.get("visibility"))
         stated = metadata.get("sha256")
         expected = parse_sha256_hex(stated) if stated is not None else None
         await self.sweep_expired(limit=16)
@@ -342,12 +346,6 @@ class Uploads:
         return len(rows)
 
 
-def _refuse_type(settings: Settings, content_type: str | None, *, empty: bool = False) -> None:
-    allowed = ", ".join(settings.allowed_types)
-    what = "empty" if empty else f"of type {content_type or 'unknown'}"
-    raise UnsupportedMediaType(f"The file is {what}; allowed types: {allowed}.")
-
-
 class _Append:
     """One request's bytes: type judged, hashed, stored, recorded; the file made when whole."""
 
@@ -424,13 +422,14 @@ class _Append:
             return
         if len(self.head) < SNIFF_BYTES and not (final or self.offset == self.row.length):
             return
-        detected = detect(bytes(self.head))
-        if detected is None or detected not in self.settings.allowed_types:
+        try:
+            # Judged as a one-shot upload's first bytes are (pipeline.allowed_type).
+            self.content_type = allowed_type(bytes(self.head), self.settings)
+        except UnsupportedMediaType:
             with anyio.CancelScope(shield=True):
                 await self._settle_quietly()
                 await self.uploads._discard(self.row)
-            _refuse_type(self.settings, detected)
-        self.content_type = detected
+            raise
 
     async def _flush(self) -> None:
         await self._settle()
@@ -523,12 +522,32 @@ class _Append:
                     storage, self.row.storage_key, self.content_type, self.settings
                 )
             file = await self._swap_rows(sha256, width, height)
+        except crud.CommitOutcomeUnknown as exc:
+            # As the pipeline's record(): the commit may have landed before its
+            # answer was lost; bytes go only when the file's row is known absent.
+            with anyio.CancelScope(shield=True):
+                recorded = await self._recorded()
+                if recorded is False:
+                    await storage.delete(self.row.storage_key)
+                    await self.uploads._discard(self.row)
+            if recorded:
+                return Progress(self.offset, self.row.expires_at)  # it landed: done
+            raise (exc.__cause__ or exc) from None
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await storage.delete(self.row.storage_key)
                 await self.uploads._discard(self.row)
             raise
         return Progress(self.offset, self.row.expires_at, file)
+
+    async def _recorded(self) -> bool | None:
+        """Whether the file's row exists; None when the database cannot say."""
+        try:
+            async with self.uploads.sessions() as session:
+                return bool(await crud.existing_ids(session, [self.row.id]))
+        except Exception:
+            logger.warning("a commit failed in flight and cannot be checked: bytes kept")
+            return None
 
     async def _swap_rows(self, sha256: str, width: int | None, height: int | None) -> StoredFile:
         row = self.row
@@ -552,9 +571,9 @@ class _Append:
             )
             if getattr(result, "rowcount", 0) != 1:
                 raise UploadLocked("This request lost its hold on the upload; retry.")
-            session.add(file)
-            await session.commit()
-        return file
+            # The upload's row goes in the same transaction as the file's comes.
+            [recorded] = await crud.add_files(session, [file])
+        return recorded
 
 
 async def check_image(

@@ -15,11 +15,13 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
 
 from filesvc.auth import require
+from filesvc.bodies import client_paced_body
 from filesvc.deps import ResourcesDep
-from filesvc.errors import FilesvcError, InvalidRequest, error_response
-from filesvc.metrics import Metrics, get_metrics
+from filesvc.errors import FilesvcError, InvalidRequest
+from filesvc.handlers import error_response
+from filesvc.metrics import Metrics
 from filesvc.models import ResumableUpload
-from filesvc.resumable import ChecksumFailed, UploadNotFound, Uploads, open_uploads
+from filesvc.resumable import ChecksumFailed, UploadNotFound, Uploads
 from filesvc.schemas import error_responses
 from filesvc.tusheaders import (
     CHECKSUM_ALGORITHMS,
@@ -32,7 +34,6 @@ from filesvc.tusheaders import (
     parse_count,
     parse_metadata,
 )
-from filesvc.uploads import _body_chunks
 
 PREFIX = "/uploads"
 
@@ -64,7 +65,11 @@ router = APIRouter(prefix=PREFIX, tags=["uploads"], route_class=TusRoute)
 
 
 def get_uploads(resources: ResourcesDep) -> Uploads:
-    return open_uploads(resources.settings, resources.sessions, resources.storage)
+    return resources.resumable
+
+
+def get_metrics(resources: ResourcesDep) -> Metrics:
+    return resources.metrics
 
 
 UploadsDep = Annotated[Uploads, Depends(get_uploads)]
@@ -156,7 +161,7 @@ async def create_upload(request: Request, uploads: UploadsDep, metrics: MetricsD
                 progress = await uploads.append(
                     row.id,
                     0,
-                    _body_chunks(request, uploads.settings),
+                    client_paced_body(request, uploads.settings),
                     checksum=checksum,
                     content_length=content_length,
                 )
@@ -229,7 +234,7 @@ async def append(
             progress = await uploads.append(
                 upload_id,
                 offset,
-                _body_chunks(request, uploads.settings),
+                client_paced_body(request, uploads.settings),
                 checksum=checksum,
                 content_length=content_length,
             )

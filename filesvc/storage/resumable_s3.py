@@ -22,9 +22,9 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from filesvc.storage.base import ObjectNotFound
-from filesvc.storage.multipart import Pieces
 from filesvc.storage.resumable import KEY_PREFIX, Appender, ResumableStore, State, UploadLost
 from filesvc.storage.s3 import S3Storage
+from filesvc.storage.s3objects import Pieces
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CompletedPartTypeDef
@@ -79,7 +79,7 @@ class S3Appender(Appender):
         self._inflight = asyncio.create_task(self._upload(number, pieces))
 
     async def _upload(self, number: int, pieces: Pieces) -> dict[str, Any]:
-        part: CompletedPartTypeDef = await self._storage.upload_part(
+        part: CompletedPartTypeDef = await self._storage.objects.upload_part(
             self._key, self._upload_id, number, pieces
         )
         return dict(part)
@@ -101,7 +101,7 @@ class S3Appender(Appender):
         await self._wait()
         staged = self._buffered
         if staged:
-            await self._storage.put_object(staging_key(self._id), self._take(staged))
+            await self._storage.objects.put_object(staging_key(self._id), self._take(staged))
         return self._state(staged)
 
     async def finish(self) -> None:
@@ -109,8 +109,8 @@ class S3Appender(Appender):
             await self._send(self._take(self._buffered))
         await self._wait()
         parts: Any = self._parts
-        await self._storage.complete_upload(self._key, self._upload_id, parts)
-        await self._storage.delete(staging_key(self._id))
+        await self._storage.objects.complete_upload(self._key, self._upload_id, parts)
+        await self._storage.objects.delete(staging_key(self._id))
 
     async def close(self) -> None:
         if self._inflight is not None:
@@ -126,7 +126,7 @@ class S3ResumableStore(ResumableStore):
         self._storage = storage
 
     async def create(self, upload_id: str, key: str) -> State:
-        multipart_id = await self._storage.create_upload(key)
+        multipart_id = await self._storage.objects.create_upload(key)
         return {
             "upload_id": multipart_id,
             "part_size": self._storage.part_size,
@@ -152,5 +152,5 @@ class S3ResumableStore(ResumableStore):
 
     async def discard(self, upload_id: str, key: str, state: State) -> None:
         if state.get("upload_id"):
-            await self._storage.abort_upload(key, state["upload_id"])
-        await self._storage.delete(staging_key(upload_id))
+            await self._storage.objects.abort_upload(key, state["upload_id"])
+        await self._storage.objects.delete(staging_key(upload_id))

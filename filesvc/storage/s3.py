@@ -26,8 +26,8 @@ from filesvc.config import Settings
 from filesvc.errors import StorageUnavailable
 from filesvc.storage.base import ObjectNotFound, Storage, StorageWriter, StoredObject
 from filesvc.storage.multipart import MultipartWriter
-from filesvc.storage.s3objects import S3Objects, T, _error_code, _RangeNotSatisfiable
 from filesvc.storage.resumable import KEY_PREFIX as RESUMABLE_KEY_PREFIX
+from filesvc.storage.s3objects import S3Objects, T, _error_code, _RangeNotSatisfiable
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
