@@ -599,3 +599,24 @@ def test_check_reports_unfinished_and_expired_uploads_and_fix_sweeps(
     assert "1 resumable uploads unfinished, 0 expired" in after.stdout
     assert patch(client, kept, 5000, data[5000:]).status_code == 204
     assert run_check(server).returncode == 0
+
+
+def test_cors_lets_tus_clients_through(make_server: ServerFactory) -> None:
+    origin = "https://app.example.com"
+    server = make_server(cors_origins=[origin])
+    with httpx.Client(base_url=server.url) as client:
+        preflight = client.options(
+            f"{UPLOADS}/someid",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "PATCH",
+                "Access-Control-Request-Headers": "tus-resumable,upload-offset,upload-checksum,"
+                "content-type,x-requested-with",
+            },
+        )
+        assert preflight.status_code == 200, preflight.text
+        assert "PATCH" in preflight.headers["access-control-allow-methods"]
+        response = create(client, 10, {"Origin": origin})
+        exposed = response.headers["access-control-expose-headers"].lower()
+        for header in ("location", "upload-offset", "tus-resumable", "upload-expires"):
+            assert header in exposed
