@@ -43,7 +43,7 @@ def create(
 
 def created(client: httpx.Client, length: int, **meta: str) -> str:
     """The URL of a new upload."""
-    response = create(client, length, **meta)
+    response = create(client, length, None, **meta)
     assert response.status_code == 201, response.text
     location: str = response.headers["location"]
     return location
