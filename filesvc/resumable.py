@@ -106,6 +106,8 @@ class Progress:
 
     offset: int
     expires_at: datetime
+    #: The upload became a file (the file's row, when this request wrote it).
+    complete: bool = False
     file: StoredFile | None = None
 
 
@@ -215,7 +217,8 @@ class Uploads:
 
     async def _lease(self, upload_id: str) -> tuple[str, ResumableUpload]:
         """Take the upload's lease by a conditional UPDATE: 423 when another writer holds it."""
-        row = await self.get(upload_id)
+        if not FILE_ID.fullmatch(upload_id):
+            raise UploadNotFound()
         token = secrets.token_hex(16)
         now = _now()
         async with self.sessions() as session:
@@ -228,16 +231,16 @@ class Uploads:
                 .values(lease_token=token, lease_until=now + timedelta(seconds=self.lease_seconds))
                 .execution_options(synchronize_session=False)
             )
-            await session.commit()
             taken = getattr(result, "rowcount", 0) == 1
-        if not taken:
+            row = await session.get(ResumableUpload, upload_id) if taken else None
+            await session.commit()
+        if row is None:
+            await self.get(upload_id)  # 404 or 410 when that is why
             raise UploadLocked()
-        async with self.sessions() as session:
-            fresh = await session.get(ResumableUpload, upload_id)
-        if fresh is None or fresh.lease_token != token:
-            raise UploadNotFound() if fresh is None else UploadLocked()
-        del row
-        return token, fresh
+        if row.expires_at <= now:
+            await self._sweep_one(row)
+            raise UploadExpired()
+        return token, row
 
     async def _renew(self, upload_id: str, token: str, seconds: float) -> None:
         async with self.sessions() as session:
@@ -280,6 +283,7 @@ class Uploads:
     ) -> Progress:
         """One PATCH (or the body of a creation): the new offset, and the file once complete."""
         token, row = await self._lease(upload_id)
+        released = False  # the row is gone, or the lease went with the last update
         try:
             if offset != row.offset:
                 raise OffsetMismatch(
@@ -298,13 +302,16 @@ class Uploads:
                 logger.warning("the bytes of upload %s are gone: discarding it", row.id)
                 await self._discard(row)
                 raise UploadNotFound("The stored bytes are gone; start a new upload.") from exc
+            request = _Append(self, row, token, appender, checksum)
             try:
-                return await _Append(self, row, token, appender, checksum).run(body)
+                return await request.run(body)
             finally:
                 with anyio.CancelScope(shield=True):
                     await appender.close()
+                released = request.released
         finally:
-            await self._release(upload_id, token)
+            if not released:
+                await self._release(upload_id, token)
 
     # -- termination and expiry -------------------------------------------------
 
@@ -372,6 +379,7 @@ class _Append:
         self._buffered = 0
         self._inflight: asyncio.Task[None] | None = None
         self._renewed = time.monotonic()
+        self.released = False
 
     @property
     def offset(self) -> int:
@@ -445,8 +453,17 @@ class _Append:
             await self.uploads._renew(self.row.id, self.token, self.uploads.lease_seconds)
 
     async def _store(self, chunk: bytes) -> None:
-        await anyio.to_thread.run_sync(self._digest, chunk)
-        await self.appender.write(chunk)
+        appender = self.appender
+        if appender.writes_in_thread:
+            # One worker-thread call for the hashes and the write (as the pipeline does).
+            await anyio.to_thread.run_sync(self._digest_and_write, appender, chunk)
+        else:
+            await anyio.to_thread.run_sync(self._digest, chunk)
+            await appender.write(chunk)
+
+    def _digest_and_write(self, appender: Appender, chunk: bytes) -> None:
+        self._digest(chunk)
+        appender.write_blocking(chunk)
 
     def _digest(self, chunk: bytes) -> None:
         if self.request_hash is not None:
@@ -489,12 +506,15 @@ class _Append:
                     head=bytes(self.head),
                     content_type=self.content_type,
                     backend_state=json.dumps(state),
+                    lease_token=None,  # released with the new offset: one statement
+                    lease_until=None,
                 )
                 .execution_options(synchronize_session=False)
             )
             await session.commit()
         if getattr(result, "rowcount", 0) != 1:
             raise UploadLocked("This request lost its hold on the upload; retry.")
+        self.released = True
 
     async def _complete(self) -> Progress:
         """The last byte is here: checks, the object in place, the file's row instead of ours."""
@@ -531,14 +551,14 @@ class _Append:
                     await storage.delete(self.row.storage_key)
                     await self.uploads._discard(self.row)
             if recorded:
-                return Progress(self.offset, self.row.expires_at)  # it landed: done
+                return Progress(self.offset, self.row.expires_at, complete=True)  # it landed
             raise (exc.__cause__ or exc) from None
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await storage.delete(self.row.storage_key)
                 await self.uploads._discard(self.row)
             raise
-        return Progress(self.offset, self.row.expires_at, file)
+        return Progress(self.offset, self.row.expires_at, complete=True, file=file)
 
     async def _recorded(self) -> bool | None:
         """Whether the file's row exists; None when the database cannot say."""
@@ -573,6 +593,7 @@ class _Append:
                 raise UploadLocked("This request lost its hold on the upload; retry.")
             # The upload's row goes in the same transaction as the file's comes.
             [recorded] = await crud.add_files(session, [file])
+        self.released = True
         return recorded
 
 

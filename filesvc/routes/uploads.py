@@ -238,7 +238,10 @@ async def append(
                 checksum=checksum,
                 content_length=content_length,
             )
-    finally:
+    except BaseException:
+        await _refresh_gauge(uploads, metrics)  # a refusal may have removed the upload
+        raise
+    if progress.complete:
         await _refresh_gauge(uploads, metrics)
     answer = _progress_headers(progress.offset, progress.expires_at)
     return Response(status_code=204, headers=answer)

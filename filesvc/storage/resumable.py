@@ -38,8 +38,15 @@ class UploadLost(Exception):
 class Appender(ABC):
     """Appends one request's bytes to an upload."""
 
+    #: Whether :meth:`write_blocking` may be called from a worker thread instead of
+    #: awaiting :meth:`write` (saves a thread hand-off per chunk).
+    writes_in_thread: bool = False
+
     @abstractmethod
     async def write(self, data: bytes) -> None: ...
+
+    def write_blocking(self, data: bytes) -> None:
+        raise NotImplementedError
 
     @abstractmethod
     async def persist(self) -> State:
