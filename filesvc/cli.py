@@ -103,7 +103,7 @@ def _check(args: argparse.Namespace) -> int:
     from filesvc.consistency import check
     from filesvc.db import create_engine, create_session_factory
     from filesvc.storage import create_storage
-    from filesvc.storage.resumable import create_resumable_store
+    from filesvc.storage.resumable_stores import create_resumable_store
 
     settings = load_settings()
     grace = settings.incomplete_upload_grace if args.grace is None else args.grace

@@ -624,6 +624,6 @@ def open_uploads(
     settings: Settings, sessions: async_sessionmaker[AsyncSession], storage: Storage
 ) -> Uploads:
     """The uploads over long-lived parts; cheap enough to build per request (it holds nothing)."""
-    from filesvc.storage.resumable import create_resumable_store
+    from filesvc.storage.resumable_stores import create_resumable_store
 
     return Uploads(settings, sessions, storage, create_resumable_store(settings, storage))
