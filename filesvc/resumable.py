@@ -35,6 +35,7 @@ from starlette.requests import ClientDisconnect
 
 from filesvc import crud
 from filesvc.config import Settings
+from filesvc.decoding import DecodeBudget
 from filesvc.errors import (
     ChecksumMismatch,
     FilesvcError,
@@ -127,11 +128,14 @@ class Uploads:
         sessions: async_sessionmaker[AsyncSession],
         storage: Storage,
         store: ResumableStore,
+        decode_budget: DecodeBudget,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.storage = storage
         self.store = store
+        #: Shared with one-shot uploads and variant renders (see filesvc.decoding).
+        self.decode_budget = decode_budget
 
     @property
     def lease_seconds(self) -> float:
@@ -539,7 +543,11 @@ class _Append:
             width = height = None
             if self.content_type in RASTER_IMAGE_TYPES:
                 width, height = await check_image(
-                    storage, self.row.storage_key, self.content_type, self.settings
+                    storage,
+                    self.row.storage_key,
+                    self.content_type,
+                    self.settings,
+                    self.uploads.decode_budget,
                 )
             file = await self._swap_rows(sha256, width, height)
         except crud.CommitOutcomeUnknown as exc:
@@ -598,14 +606,14 @@ class _Append:
 
 
 async def check_image(
-    storage: Storage, key: str, content_type: str, settings: Settings
+    storage: Storage, key: str, content_type: str, settings: Settings, budget: DecodeBudget
 ) -> tuple[int, int]:
     """Decode a stored image as one-shot uploads do (422 when it is not valid).
 
     The bytes are read back from storage: an image decoder's state cannot move
     between processes, and images are bounded by the pixel limit.
     """
-    probe = ImageProbe(content_type, settings.max_image_pixels)
+    probe = ImageProbe(content_type, settings.max_image_pixels, budget)
     finishing = False
     try:
         async for chunk in await storage.open_reader(key):
@@ -621,9 +629,13 @@ async def check_image(
 
 
 def open_uploads(
-    settings: Settings, sessions: async_sessionmaker[AsyncSession], storage: Storage
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    storage: Storage,
+    decode_budget: DecodeBudget,
 ) -> Uploads:
-    """The uploads over long-lived parts; cheap enough to build per request (it holds nothing)."""
+    """The resumable uploads over the app's long-lived parts (built by the lifespan)."""
     from filesvc.storage.resumable_stores import create_resumable_store
 
-    return Uploads(settings, sessions, storage, create_resumable_store(settings, storage))
+    store = create_resumable_store(settings, storage)
+    return Uploads(settings, sessions, storage, store, decode_budget)
