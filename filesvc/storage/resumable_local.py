@@ -45,9 +45,6 @@ class LocalAppender(Appender):
             written = os.pwrite(self._fd, view, offset)
             view = view[written:]
             offset += written
-        # Write back while the next chunk arrives: the fsync that acknowledges the
-        # offset then has little left to flush.
-        os.fdatasync(self._fd)
 
     async def persist(self) -> State:
         with _translated_os_errors():
