@@ -25,7 +25,8 @@ from filesvc.metrics import Metrics, release_process
 from filesvc.middleware import RequestMiddleware
 from filesvc.origins import install_origins
 from filesvc.pipeline import UploadPipeline
-from filesvc.routes import exports, files, health, signed_urls
+from filesvc.resumable import Uploads, open_uploads
+from filesvc.routes import exports, files, health, signed_urls, uploads
 from filesvc.routes import metrics as metrics_routes
 from filesvc.routes import static as static_urls
 from filesvc.signing import load_signing_key
@@ -77,6 +78,8 @@ def _lifespan(
                 settings.image_decode_wait,
                 on_change=metrics.decode_bytes_in_use.set,
             )
+            resumable = open_uploads(settings, sessions, storage, decode_budget)
+            await _sweep_expired_uploads(resumable)
             app.state.resources = Resources(
                 settings=settings,
                 engine=engine,
@@ -94,6 +97,7 @@ def _lifespan(
                     max_pixels=settings.max_image_pixels,
                     on_render=lambda spec: metrics.variant_renders.labels(format=spec.format).inc(),
                 ),
+                resumable=resumable,
             )
             yield
 
@@ -107,6 +111,16 @@ async def _sweep(storage: Storage, settings: Settings) -> None:
             logger.info("swept %d unfinished uploads left by an earlier run", swept)
     except Exception as exc:  # storage may be down at start-up; serve 503s meanwhile
         logger.warning("could not sweep unfinished uploads: %s", exc)
+
+
+async def _sweep_expired_uploads(resumable: Uploads) -> None:
+    # Also swept when met (410) and by each creation: no process has to stay up for it.
+    try:
+        swept = await resumable.sweep_expired()
+        if swept:
+            logger.info("swept %d expired resumable uploads", swept)
+    except Exception as exc:  # the database or storage may be down at start-up
+        logger.warning("could not sweep expired resumable uploads: %s", exc)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -126,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(files.router)
     api.include_router(signed_urls.router)
     api.include_router(exports.router)
+    api.include_router(uploads.router)
     app.include_router(api)
     app.include_router(health.router)
     app.include_router(metrics_routes.router)

@@ -103,6 +103,7 @@ def _check(args: argparse.Namespace) -> int:
     from filesvc.consistency import check
     from filesvc.db import create_engine, create_session_factory
     from filesvc.storage import create_storage
+    from filesvc.storage.resumable_stores import create_resumable_store
 
     settings = load_settings()
     grace = settings.incomplete_upload_grace if args.grace is None else args.grace
@@ -112,7 +113,11 @@ def _check(args: argparse.Namespace) -> int:
         storage = create_storage(settings)
         try:
             report = await check(
-                create_session_factory(engine), storage, grace_seconds=grace, fix=args.fix
+                create_session_factory(engine),
+                storage,
+                grace_seconds=grace,
+                fix=args.fix,
+                resumable=create_resumable_store(settings, storage),
             )
         finally:
             await storage.aclose()
@@ -131,6 +136,12 @@ def _check(args: argparse.Namespace) -> int:
             print(f"row without bytes: {file_id}")
         for key in report.bytes_without_row:
             print(f"bytes without row: {key}")
+        print(
+            f"{report.unfinished_uploads} resumable uploads unfinished, "
+            f"{len(report.expired_uploads)} expired"
+        )
+        for upload_id in report.expired_uploads:
+            print(f"expired upload: {upload_id}")
         if args.fix:
             print(f"fixed {report.fixed}")
             return EXIT_OK

@@ -194,6 +194,12 @@ class Settings(BaseSettings):
         description="Seconds after which unfinished uploads left by a crash are swept at "
         "start-up, and unrecorded bytes count as orphans for `filesvc check`.",
     )
+    upload_expires: int = Field(
+        86400,
+        ge=1,
+        description="Seconds an unfinished resumable (tus) upload lives after its creation; "
+        "then it is swept with its bytes and answers 410 or 404.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level."
     )

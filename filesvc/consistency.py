@@ -7,19 +7,26 @@ Two kinds of damage can exist after crashes or manual meddling:
 - **bytes without a row** (stored but unreachable, still billed): with ``fix``
   the object is deleted — but only once it is older than the grace period,
   because an upload in progress commits its bytes a moment before its row.
+
+Resumable (tus) uploads in progress are counted; those past their expiry are
+reported and, with ``fix``, swept with their bytes (S3: the multipart upload
+and the staged bytes), as the service itself sweeps them when it meets them.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from filesvc.models import StoredFile
+from filesvc.models import ResumableUpload, StoredFile
 from filesvc.storage import ObjectNotFound, Storage
+from filesvc.storage.resumable import ResumableStore
 from filesvc.variants import original_key_of
 
 #: Rows read from the database per batch while scanning.
@@ -33,11 +40,14 @@ class Report:
     rows_without_bytes: list[str] = field(default_factory=list)  # file ids
     bytes_without_row: list[str] = field(default_factory=list)  # storage keys
     young_unrecorded: int = 0  # bytes without a row, but maybe an upload in progress
+    unfinished_uploads: int = 0  # resumable uploads in progress, expired ones included
+    expired_uploads: list[str] = field(default_factory=list)  # their ids
     fixed: int = 0
 
     @property
     def clean(self) -> bool:
-        return not self.rows_without_bytes and not self.bytes_without_row
+        damage = self.rows_without_bytes or self.bytes_without_row or self.expired_uploads
+        return not damage
 
 
 async def _recorded_keys(
@@ -65,6 +75,7 @@ async def check(
     *,
     grace_seconds: float,
     fix: bool = False,
+    resumable: ResumableStore | None = None,
 ) -> Report:
     """Compare every row with every stored object; repair when ``fix``."""
     report = Report()
@@ -74,6 +85,14 @@ async def check(
     report.objects_checked = len(stored)
 
     recorded: set[str] = set()
+    uploads = await _resumable_uploads(sessions)
+    report.unfinished_uploads = len(uploads)
+    now = datetime.now(UTC)
+    for upload in uploads:
+        if resumable is not None:
+            recorded.update(resumable.staging_keys(upload.id))
+        if upload.expires_at <= now:
+            report.expired_uploads.append(upload.id)
     async for file_id, key in _recorded_keys(sessions):
         report.rows_checked += 1
         recorded.add(key)
@@ -96,7 +115,31 @@ async def check(
 
     if fix:
         report.fixed = await _repair(sessions, storage, report)
+        if resumable is not None:
+            expired = [u for u in uploads if u.id in set(report.expired_uploads)]
+            report.fixed += await _sweep_uploads(sessions, resumable, expired)
     return report
+
+
+async def _resumable_uploads(
+    sessions: async_sessionmaker[AsyncSession],
+) -> list[ResumableUpload]:
+    async with sessions() as session:
+        return list((await session.scalars(select(ResumableUpload))).all())
+
+
+async def _sweep_uploads(
+    sessions: async_sessionmaker[AsyncSession],
+    resumable: ResumableStore,
+    uploads: list[ResumableUpload],
+) -> int:
+    """Expired uploads: bytes first, then the row (a failure leaves a row to retry)."""
+    for upload in uploads:
+        await resumable.discard(upload.id, upload.storage_key, json.loads(upload.backend_state))
+        async with sessions() as session:
+            await session.execute(delete(ResumableUpload).where(ResumableUpload.id == upload.id))
+            await session.commit()
+    return len(uploads)
 
 
 async def _repair(

@@ -15,6 +15,7 @@ from filesvc.keys import KeyRing
 from filesvc.lookup import FileLookup
 from filesvc.metrics import Metrics
 from filesvc.pipeline import UploadPipeline
+from filesvc.resumable import Uploads
 from filesvc.storage import Storage
 from filesvc.variants_store import VariantRenderer
 
@@ -34,6 +35,8 @@ class Resources:
     uploads: UploadPipeline
     decode_budget: DecodeBudget
     variants: VariantRenderer
+    #: Resumable (tus) uploads.
+    resumable: Uploads
 
 
 def get_resources(request: Request) -> Resources:

@@ -90,6 +90,19 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+        self.resumable_uploads = Gauge(
+            "filesvc_resumable_uploads",
+            "Resumable (tus) uploads begun and not yet complete, expired or terminated, "
+            "as last counted in the database by any worker.",
+            multiprocess_mode="mostrecent",
+            registry=registry,
+        )
+        self.resumable_requests_in_progress = Gauge(
+            "filesvc_resumable_requests_in_progress",
+            "Resumable (tus) upload requests receiving bytes right now.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
         self.exports_in_progress = Gauge(
             "filesvc_exports_in_progress",
             "CSV exports being streamed right now.",

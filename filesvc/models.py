@@ -6,7 +6,17 @@ import re
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import BigInteger, DateTime, Index, Integer, MetaData, String, TypeDecorator
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -70,3 +80,37 @@ class StoredFile(Base):
         Index("ix_files_created_at_id", "created_at", "id"),
         Index("ix_files_content_type_created_at", "content_type", "created_at"),
     )
+
+
+class ResumableUpload(Base):
+    """A tus upload in progress: everything any process needs to take its next request.
+
+    ``backend_state`` is the storage's own JSON (S3: the multipart upload id, its
+    parts' ETags and the bytes staged for the next part); ``hash_state`` is the
+    running SHA-256 of bytes ``[0, offset)``, serialised (hashlib objects do not
+    pickle). ``lease_token``/``lease_until`` is the per-upload lock: taken by a
+    conditional UPDATE, so it works alike on SQLite and PostgreSQL and holds no
+    connection while a slow client sends its body; a crashed holder's lease
+    simply runs out.
+    """
+
+    __tablename__ = "resumable_uploads"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    storage_key: Mapped[str] = mapped_column(String(255), unique=True)
+    length: Mapped[int] = mapped_column(BigInteger)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    filename: Mapped[str] = mapped_column(String(255))
+    visibility: Mapped[str] = mapped_column(String(8))
+    expected_sha256: Mapped[str | None] = mapped_column(String(64))
+    upload_metadata: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str | None] = mapped_column(String(127))
+    head: Mapped[bytes] = mapped_column(LargeBinary)
+    hash_state: Mapped[bytes] = mapped_column(LargeBinary)
+    backend_state: Mapped[str] = mapped_column(Text)
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index("ix_resumable_uploads_expires_at", "expires_at"),)

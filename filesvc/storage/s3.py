@@ -26,6 +26,7 @@ from filesvc.config import Settings
 from filesvc.errors import StorageUnavailable
 from filesvc.storage.base import ObjectNotFound, Storage, StorageWriter, StoredObject
 from filesvc.storage.multipart import MultipartWriter
+from filesvc.storage.resumable import KEY_PREFIX as RESUMABLE_KEY_PREFIX
 from filesvc.storage.s3objects import S3Objects, T, _error_code, _RangeNotSatisfiable
 
 if TYPE_CHECKING:
@@ -222,7 +223,8 @@ class S3Storage(Storage):
         stale = [
             (key, upload_id)
             async for key, upload_id, initiated in self.incomplete_uploads()
-            if initiated < cutoff
+            # Resumable uploads outlive the grace period; their expiry sweeps them.
+            if initiated < cutoff and not key.startswith(RESUMABLE_KEY_PREFIX)
         ]
         for key, upload_id in stale:
             await self.objects.abort_once(key, upload_id)

@@ -27,6 +27,7 @@ SCENARIOS = {
         "12 MP JPEG thumb: first render < 150 ms, cached GET ≥ 0.9× static, bounded burst",
     ),
     "load": ("tests.perf.load", "50 concurrent uploads + 8 ranged downloads, no errors"),
+    "resumable": ("tests.perf.resumable", "1 GiB tus in 8 MiB PATCHes ≥ 0.8× one-shot raw"),
 }
 DEFAULT_CACHE = Path(os.environ.get("FILESVC_BENCH_DIR", "/tmp/filesvc-bench"))
 
