@@ -436,7 +436,9 @@ class _Append:
             return
         try:
             # Judged as a one-shot upload's first bytes are (pipeline.allowed_type).
-            self.content_type = allowed_type(bytes(self.head), self.settings)
+            self.content_type = await anyio.to_thread.run_sync(
+                allowed_type, bytes(self.head), self.settings
+            )
         except UnsupportedMediaType:
             with anyio.CancelScope(shield=True):
                 await self._settle_quietly()
