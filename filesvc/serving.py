@@ -36,7 +36,12 @@ logger = logging.getLogger("filesvc")
 
 #: Most ranges one request may ask for; with more, the whole file is sent
 #: (200), as nginx does past ``max_ranges``. Each range costs a storage read.
+#: Scanning stops at the first member past it, however long the header is.
 MAX_RANGES = 32
+#: Most members of an ``If-Match``/``If-None-Match`` list that are looked at;
+#: a longer list matches nothing (If-Match: 412; If-None-Match: no 304), so a
+#: header of millions of tags costs no more than this many comparisons.
+MAX_ENTITY_TAGS = 64
 #: Public files never change under their URL (a new upload gets a new id).
 PUBLIC_CACHE_CONTROL = "public, max-age=31536000, immutable"
 #: Private files stay out of shared caches and off disk.
@@ -130,14 +135,29 @@ class Conditions:
 
     @classmethod
     def from_raw(cls, raw: Iterable[tuple[bytes, bytes]]) -> Conditions:
-        """From ASGI ``scope["headers"]`` in one pass."""
-        found: dict[str, str] = {}
+        """From ASGI ``scope["headers"]`` in one pass.
+
+        Repeated lines are appended to one growing buffer (amortised linear):
+        joining strings as they come would copy the value so far for each
+        line, quadratic in their number.
+        """
+        found: dict[bytes, bytearray] = {}
         for name, value in raw:
             if name in CONDITION_HEADERS:
-                key = name.decode().replace("-", "_")
-                text = value.decode("latin-1").strip()
-                found[key] = f"{found[key]}, {text}" if key in found else text
-        return cls(**found) if found else _NO_CONDITIONS
+                joined = found.get(name)
+                if joined is None:
+                    found[name] = bytearray(value.strip())
+                else:
+                    joined += b", "
+                    joined += value.strip()
+        if not found:
+            return _NO_CONDITIONS
+        return cls(
+            **{
+                name.decode().replace("-", "_"): joined.decode("latin-1")
+                for name, joined in found.items()
+            }
+        )
 
 
 _NO_CONDITIONS = Conditions()
@@ -199,30 +219,44 @@ class EntityTag(NamedTuple):
     opaque: str
 
 
-_ETAG_MEMBER = re.compile(r'[ \t]*(?:(W/)?"([\x21\x23-\x7e\x80-\xff]*)")?[ \t]*(?:,|$)')
+#: Whitespace and empty list members (RFC 9110 §5.6.1.2), skipped in one C-level match.
+_LIST_GAP = re.compile(r"[ \t,]*")
+_ETAG_MEMBER = re.compile(r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"[ \t]*(?:,|\Z)')
 
 
-def parse_entity_tags(value: str) -> list[EntityTag] | None:
+def parse_entity_tags(value: str, *, limit: int = MAX_ENTITY_TAGS) -> list[EntityTag] | None:
     """The members of an ``If-Match``/``If-None-Match`` list; None for ``*``.
 
-    Malformed members (unquoted tags and the like) are skipped: they match nothing.
+    Malformed members (unquoted tags and the like) are skipped: they match
+    nothing. A list of more than ``limit`` members, well formed or not, is
+    cut short at the first member past it and matches nothing (``[]``): the
+    cost is bounded by ``limit`` whatever the header's length, and each step
+    moves forward (time linear in the characters looked at).
     """
     if value.strip() == "*":
         return None
     tags: list[EntityTag] = []
     position = 0
-    while position < len(value):
+    members = 0
+    end = len(value)
+    while True:
+        gap = _LIST_GAP.match(value, position)
+        assert gap is not None  # it matches the empty string
+        position = gap.end()
+        if position >= end:
+            return tags
+        members += 1
+        if members > limit:
+            return []
         match = _ETAG_MEMBER.match(value, position)
-        if match is not None and match.end() > position:
-            if match.group(2) is not None:
-                tags.append(EntityTag(bool(match.group(1)), match.group(2)))
+        if match is not None:
+            tags.append(EntityTag(bool(match.group(1)), match.group(2)))
             position = match.end()
             continue
-        comma = value.find(",", position)
+        comma = value.find(",", position)  # a malformed member: skip to the next
         if comma < 0:
-            break
+            return tags
         position = comma + 1
-    return tags
 
 
 def strong_match(tags: list[EntityTag] | None, opaque: str) -> bool:
@@ -244,30 +278,44 @@ def _position(digits: str) -> int:
     return _HUGE if len(digits) > _MAX_DIGITS else int(digits)
 
 
-_RANGE_SPEC = re.compile(r"(\d*)-(\d*)")
+#: One range-spec, then optional whitespace up to the next comma or the end.
+_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)[ \t]*(?=,|\Z)")
 
 
 def parse_range(value: str, size: int) -> list[ByteRange] | None:
     """The satisfiable ranges of a ``Range`` header (RFC 9110 §14.1.2), clipped to ``size``.
 
     None when the header is invalid or not in bytes (it is then ignored, as
-    RFC 9110 §14.2 allows); an empty list when it is valid but none of its
-    ranges is satisfiable (416). Ranges keep the order they were asked in.
+    RFC 9110 §14.2 allows), and when it has more than :data:`MAX_RANGES`
+    range-specs (the whole file is sent, as nginx does past ``max_ranges``);
+    an empty list when it is valid but none of its ranges is satisfiable
+    (416). Ranges keep the order they were asked in.
+
+    The header is scanned once, without splitting it, and scanning stops at
+    the first spec past the cap: a header of millions of members costs no
+    more than one of 33.
     """
     unit, equals, range_set = value.partition("=")
     if not equals or unit.strip().lower() != "bytes":
         return None
     ranges: list[ByteRange] = []
     specs = 0
-    for element in range_set.split(","):
-        element = element.strip(" \t")
-        if not element:  # empty list members are allowed (RFC 9110 §5.6.1.2)
-            continue
-        match = _RANGE_SPEC.fullmatch(element)
+    position = 0
+    end = len(range_set)
+    while True:
+        gap = _LIST_GAP.match(range_set, position)
+        assert gap is not None  # it matches the empty string
+        position = gap.end()
+        if position >= end:
+            break
+        match = _RANGE_SPEC.match(range_set, position)
         if match is None:
             return None
+        position = match.end()
         first, last = match.groups()
         specs += 1
+        if specs > MAX_RANGES:
+            return None
         if first:
             start = _position(first)
             if last:

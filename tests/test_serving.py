@@ -7,6 +7,7 @@ import email.policy
 import email.utils
 import hashlib
 import re
+import tracemalloc
 import urllib.parse
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import pytest
 
 from filesvc.errors import PreconditionFailed, RangeNotSatisfiable
 from filesvc.serving import (
+    MAX_ENTITY_TAGS,
     MAX_RANGES,
     ByteRange,
     Conditions,
@@ -270,6 +272,60 @@ def test_too_many_ranges_send_the_whole_file() -> None:
     assert select("GET", conditions(range=f"bytes={too_many}"), REP) == select(
         "GET", Conditions(), REP
     )
+
+
+def test_the_range_cap_counts_specs_as_they_are_scanned() -> None:
+    # Past the cap nothing after it is looked at: not even what would make the header invalid.
+    specs = ",".join(["0-0"] * (MAX_RANGES + 1))
+    assert parse_range(f"bytes={specs},junk", 100) is None
+    # Unsatisfiable specs count too: 33 of them are the whole file, not a 416.
+    unsatisfiable = ",".join(["500-600"] * (MAX_RANGES + 1))
+    assert select("GET", conditions(range=f"bytes={unsatisfiable}"), REP).ranges == WHOLE
+    # Empty members are not specs: any number of them costs one C-level match.
+    assert parse_range("bytes=" + "," * 100_000 + "0-0", 100) == [R(0, 1)]
+
+
+def test_entity_tag_lists_past_the_cap_match_nothing() -> None:
+    ours = f'"{SHA}"'
+    within = ", ".join(['"x"'] * (MAX_ENTITY_TAGS - 1) + [ours])
+    assert select("GET", conditions(if_none_match=within), REP).status == 304
+    beyond = ", ".join(['"x"'] * MAX_ENTITY_TAGS + [ours])
+    assert parse_entity_tags(beyond) == []
+    assert select("GET", conditions(if_none_match=beyond), REP).status == 200
+    with pytest.raises(PreconditionFailed):
+        select("GET", conditions(if_match=beyond), REP)
+    # Malformed members count as members: they cannot be used to walk the list for free.
+    assert parse_entity_tags(", ".join(["junk"] * MAX_ENTITY_TAGS + [ours])) == []
+
+
+#: Headers of a few megabytes, as three kinds of hostile request send them.
+HUGE_HEADERS = {
+    "range of a million members": [(b"range", b"bytes=" + b"0-0," * 1_000_000)],
+    "range on 100k lines": [(b"range", b"bytes=0-0")] + [(b"range", b"1-1")] * 100_000,
+    "if-none-match of a million tags": [(b"if-none-match", b'"x", ' * 1_000_000)],
+    "if-match of a million malformed tags": [(b"if-match", b"x, " * 1_000_000)],
+}
+
+
+@pytest.mark.parametrize("case", HUGE_HEADERS)
+def test_huge_headers_cost_no_more_memory_than_their_own_size(case: str) -> None:
+    """Memory, unlike time, can be asserted exactly: splitting a header into
+    millions of members (what made it slow) allocates many times its size."""
+    headers = HUGE_HEADERS[case]
+    size = sum(len(name) + len(value) for name, value in headers)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        try:
+            selection = select("GET", Conditions.from_raw(headers), REP)
+        except PreconditionFailed:
+            selection = None
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert selection is None or selection.ranges == WHOLE
+    # The joined value (latin-1 bytes, then text: two copies) and little else.
+    assert peak < 3 * size + 1_000_000, (peak, size)
 
 
 def test_overlapping_ranges_asking_more_than_the_file_send_it_whole() -> None:
