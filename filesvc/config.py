@@ -164,6 +164,13 @@ class Settings(BaseSettings):
     body_deadline: float = Field(
         3600.0, gt=0, description="Seconds an upload body may take in all, however fast."
     )
+    send_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a response (file download, export, any body) may wait for the "
+        "client to take more bytes; then it is aborted and its slot freed.",
+    )
     api_keys: dict[str, list[str]] = Field(
         default_factory=dict,
         description='JSON object mapping API keys to scopes, e.g. `{"k1": ["files:write"]}`; '
@@ -269,10 +276,42 @@ class Settings(BaseSettings):
             raise ValueError("may not be empty; leave it unset to generate one in development")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        # Parsed here so a bad URL is the one line naming the variable, not
+        # SQLAlchemy's traceback at start-up.
+        if not value:
+            return value
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                "not a database URL; e.g. postgresql+asyncpg://user:pass@host/db or "
+                "sqlite+aiosqlite:///path/filesvc.db"
+            ) from None
+        if url.drivername not in ("postgresql+asyncpg", "sqlite+aiosqlite"):
+            raise ValueError(
+                f"unsupported driver {url.drivername!r}; use postgresql+asyncpg:// or "
+                "sqlite+aiosqlite:///"
+            )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.storage == "s3" and not self.s3_bucket:
             raise ValueError("FILESVC_S3_BUCKET is required when FILESVC_STORAGE=s3")
+        if self.incomplete_upload_grace < self.body_deadline:
+            # A sweep with a shorter grace could delete the parts of an upload
+            # that is still within its deadline, and is still being written.
+            raise ValueError(
+                f"FILESVC_INCOMPLETE_UPLOAD_GRACE ({self.incomplete_upload_grace:g}) must be at "
+                f"least FILESVC_BODY_DEADLINE ({self.body_deadline:g}): a shorter grace would "
+                "sweep uploads still in progress"
+            )
         if self.environment == "production" and self.signing_key is None:
             raise ValueError("FILESVC_SIGNING_KEY is required when FILESVC_ENVIRONMENT=production")
         return self

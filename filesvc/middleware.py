@@ -8,7 +8,13 @@ re-task streamed uploads and exports). For each HTTP request it
   the response, whatever answered (routes, error handlers, 404s);
 - counts request body bytes, response body bytes, the status and the time to
   the end of the response body, labelled by the route *template*;
-- writes one ``filesvc.access`` log line when the response is done.
+- writes one ``filesvc.access`` log line when the response is done;
+- aborts a response whose client takes no more bytes for ``send_timeout``
+  seconds (``FILESVC_SEND_TIMEOUT``): the server's ``send`` waits while the
+  socket's buffers are full, so a client that stops reading would otherwise
+  hold the response, and any slot behind it (an export slot, a storage
+  reader), for as long as it keeps the connection open. Being around
+  ``send`` itself, this covers every streaming response, whoever wrote it.
 
 It goes outermost among the app's middleware, so that responses made by the
 others (CORS preflights, authentication refusals) carry the id too. Only a
@@ -22,12 +28,20 @@ import asyncio
 import logging
 import time
 import uuid
+from contextvars import ContextVar
 
+import anyio
 from starlette.routing import Match, Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from filesvc.errors import CLIENT_CLOSED_STATUS
-from filesvc.logs import bind_request, current_request, is_valid_request_id, unbind_request
+from filesvc.logs import (
+    bind_request,
+    current_request,
+    is_valid_request_id,
+    note_error_code,
+    unbind_request,
+)
 from filesvc.metrics import METHODS, Metrics
 from filesvc.routemap import API_PREFIX
 
@@ -38,7 +52,43 @@ _HEADER = b"x-request-id"
 UPLOAD_ROUTES = frozenset({("POST", f"{API_PREFIX}/files"), ("POST", f"{API_PREFIX}/files/batch")})
 #: Route templates under this prefix stream CSV exports.
 EXPORT_ROUTE_PREFIX = f"{API_PREFIX}/exports/"
-#: Status logged and counted for a request whose client went away before the answer.
+#: Send timeout when the app carries no settings (``FILESVC_SEND_TIMEOUT``'s default).
+DEFAULT_SEND_TIMEOUT = 30.0
+
+
+#: ``error_code`` logged for a response aborted because its client stopped reading.
+SEND_TIMEOUT_CODE = "send_timeout"
+#: What uvicorn logs when the app returns before its response is complete.
+_UNFINISHED_RESPONSE = "ASGI callable returned without completing response."
+#: Set in the request's task when this middleware aborted its response on purpose.
+_aborted: ContextVar[bool] = ContextVar("filesvc_response_aborted", default=False)
+
+
+class SendTimedOut(Exception):
+    """The client accepted no bytes for the send timeout: the response is abandoned."""
+
+
+class _AbortedResponseFilter(logging.Filter):
+    """Drops uvicorn's error line about a response this middleware cut short.
+
+    The access line already says so (``incomplete``, ``error_code``); uvicorn
+    closes the connection after logging, which is exactly the abort wanted.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == _UNFINISHED_RESPONSE and _aborted.get())
+
+
+_ABORTED_FILTER = _AbortedResponseFilter()
+
+
+def _is_send_timeout(exc: BaseException) -> bool:
+    """``exc`` is, or is a group made only of, :class:`SendTimedOut` (task groups wrap it)."""
+    if isinstance(exc, SendTimedOut):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_send_timeout(inner) for inner in exc.exceptions)
+    return False
 
 
 def new_request_id() -> str:
@@ -57,10 +107,27 @@ class RequestMiddleware:
     #: Probed every few seconds: their successful answers are logged at debug level.
     quiet_routes = frozenset({"/healthz", "/readyz", "/metrics"})
 
-    def __init__(self, app: ASGIApp, *, router: Router, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        router: Router,
+        metrics: Metrics,
+        send_timeout: float | None = None,
+    ) -> None:
         self.app = app
         self.router = router
         self.metrics = metrics
+        #: None: read ``FILESVC_SEND_TIMEOUT`` from the app's settings per request.
+        self.send_timeout = send_timeout
+        logging.getLogger("uvicorn.error").addFilter(_ABORTED_FILTER)  # once: same instance
+
+    def timeout_for(self, scope: Scope) -> float:
+        if self.send_timeout is not None:
+            return self.send_timeout
+        settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
+        timeout = getattr(settings, "send_timeout", None)
+        return float(timeout) if timeout is not None else DEFAULT_SEND_TIMEOUT
 
     def route_template(self, scope: Scope, arrived: Scope) -> str:
         """The path template of the route that answered, e.g. ``/api/v1/files/{file_id}``.
@@ -91,13 +158,24 @@ class RequestMiddleware:
         exchange = _Exchange(self, scope, request_id)
         try:
             with self.metrics.in_progress(exchange.gauge):
-                await self.app(scope, exchange.receive(receive), exchange.send(send))
+                await self.app(
+                    scope, exchange.receive(receive), exchange.send(send, self.timeout_for(scope))
+                )
         except BaseException as exc:
+            if _is_send_timeout(exc):
+                # Everything inside has unwound (readers closed, slots released).
+                # Returning with the response unfinished makes uvicorn close the
+                # connection; the access line is the one record of it.
+                exchange.abandon()
+                _aborted.set(True)
+                exchange.finish()
+                unbind_request(token)
+                return
             exchange.fail(exc)
+            exchange.finish()
             # The id stays bound: the server logs this fault next, in this same task.
             raise
-        finally:
-            exchange.finish()
+        exchange.finish()
         unbind_request(token)
 
 
@@ -142,7 +220,7 @@ class _Exchange:
 
         return counting_receive
 
-    def send(self, send: Send) -> Send:
+    def send(self, send: Send, timeout: float) -> Send:
         header = (_HEADER, self.request_id.encode("latin-1"))
         served = None
 
@@ -159,9 +237,25 @@ class _Exchange:
                 if size and served is not None:
                     self.bytes_out += size
                     served.inc(size)
+                # The server's send returns once the socket takes the bytes (its
+                # buffer below the high-water mark): waiting longer means the
+                # client has stopped reading.
+                try:
+                    with anyio.fail_after(timeout):
+                        await send(message)
+                except TimeoutError:
+                    raise SendTimedOut(f"the client took no bytes for {timeout:g} s") from None
+                return
             await send(message)
 
         return tagging_send
+
+    def abandon(self) -> None:
+        self.incomplete = True
+        self.fault_code = SEND_TIMEOUT_CODE
+        note_error_code(SEND_TIMEOUT_CODE)
+        if self.status is None:
+            self.status = CLIENT_CLOSED_STATUS
 
     def fail(self, exc: BaseException) -> None:
         self.incomplete = True
