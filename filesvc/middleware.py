@@ -31,10 +31,11 @@ import uuid
 from contextvars import ContextVar
 
 import anyio
+from starlette.responses import JSONResponse
 from starlette.routing import Match, Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from filesvc.errors import CLIENT_CLOSED_STATUS
+from filesvc.errors import CLIENT_CLOSED_STATUS, RETRY_AFTER_SECONDS, error_body
 from filesvc.logs import (
     bind_request,
     current_request,
@@ -80,6 +81,25 @@ class _AbortedResponseFilter(logging.Filter):
 
 
 _ABORTED_FILTER = _AbortedResponseFilter()
+
+
+#: What uvicorn cancels a request's task with when the graceful shutdown timeout ends.
+_SHUTDOWN_CANCEL_MARK = "graceful shutdown"
+#: ``error_code`` of a request cut short by the end of a graceful shutdown.
+SHUTDOWN_CODE = "shutting_down"
+
+
+def _is_shutdown_cancel(exc: BaseException) -> bool:
+    """``exc`` is uvicorn cancelling the request at the end of its graceful shutdown.
+
+    uvicorn cancels every task still running then, with a message that says
+    so; a client that went away cancels nothing with a message.
+    """
+    if isinstance(exc, asyncio.CancelledError):
+        return any(_SHUTDOWN_CANCEL_MARK in str(arg) for arg in exc.args)
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_is_shutdown_cancel(inner) for inner in exc.exceptions)
+    return False
 
 
 def _is_send_timeout(exc: BaseException) -> bool:
@@ -156,12 +176,24 @@ class RequestMiddleware:
         scope["request_id"] = request_id
         token = bind_request(request_id)
         exchange = _Exchange(self, scope, request_id)
+        timeout = self.timeout_for(scope)
         try:
             with self.metrics.in_progress(exchange.gauge):
-                await self.app(
-                    scope, exchange.receive(receive), exchange.send(send, self.timeout_for(scope))
-                )
+                await self.app(scope, exchange.receive(receive), exchange.send(send, timeout))
         except BaseException as exc:
+            if _is_shutdown_cancel(exc):
+                # The server gave up waiting for this request at shutdown. Left to
+                # uvicorn it would answer a plain-text 500 and log a traceback:
+                # answer the SPEC's 503 instead when nothing was sent yet, and log
+                # the one access line either way.
+                if exchange.status is None:
+                    await _answer_shutting_down(exchange.send(send, timeout))
+                else:
+                    exchange.abandon(SHUTDOWN_CODE)
+                    _aborted.set(True)
+                exchange.finish()
+                unbind_request(token)
+                return
             if _is_send_timeout(exc):
                 # Everything inside has unwound (readers closed, slots released).
                 # Returning with the response unfinished makes uvicorn close the
@@ -250,10 +282,10 @@ class _Exchange:
 
         return tagging_send
 
-    def abandon(self) -> None:
+    def abandon(self, code: str = SEND_TIMEOUT_CODE) -> None:
         self.incomplete = True
-        self.fault_code = SEND_TIMEOUT_CODE
-        note_error_code(SEND_TIMEOUT_CODE)
+        self.fault_code = code
+        note_error_code(code)
         if self.status is None:
             self.status = CLIENT_CLOSED_STATUS
 
@@ -300,6 +332,20 @@ class _Exchange:
                 "incomplete": True if self.incomplete else None,
             },
         )
+
+
+async def _answer_shutting_down(send: Send) -> None:
+    """The SPEC's 503 for a request the server stopped waiting for."""
+    response = JSONResponse(
+        error_body(
+            SHUTDOWN_CODE,
+            "The service is shutting down; retry the request.",
+        ),
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Connection": "close"},
+    )
+    await send({"type": "http.response.start", "status": 503, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body, "more_body": False})
 
 
 def _with_prefix(route: Route, path: str) -> str:
