@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -53,9 +54,42 @@ def load_settings() -> Settings:
         raise SystemExit(EXIT_USAGE) from None
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from filesvc.server import StartupFailed, serve
+def embedded_database_path(settings: Settings) -> Path | None:
+    """The SQLite file the settings name, or None for PostgreSQL and in-memory databases."""
+    from sqlalchemy.engine import make_url
 
+    if not settings.is_sqlite:
+        return None
+    database = make_url(settings.effective_database_url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).resolve()
+
+
+def require_database(settings: Settings) -> None:
+    """Exit 1 with one line when the SQLite file the settings name does not exist.
+
+    Opening it would create an empty database (and its directory): run where
+    no settings are, ``filesvc check`` would report on a fresh ./data/filesvc.db
+    instead of saying that it found nothing. Only ``serve`` and ``migrate``
+    create the embedded database.
+    """
+    path = embedded_database_path(settings)
+    if path is not None and not path.exists():
+        print(
+            f"filesvc: no database at {path} (set FILESVC_DATABASE_URL or FILESVC_DATA_DIR; "
+            "`filesvc migrate` creates the embedded one)",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_FAILED)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from filesvc.server import ConnectionLimits, StartupFailed, serve
+
+    if args.h11_max_incomplete_event_size is not None and args.http != "h11":
+        print("filesvc: --h11-max-incomplete-event-size needs --http h11", file=sys.stderr)
+        return EXIT_USAGE
     settings = load_settings()
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal so the
     # default action would kill the process (exit -15). A finished graceful
@@ -70,6 +104,14 @@ def _serve(args: argparse.Namespace) -> int:
             reload=args.reload,
             log_level=args.log_level,
             graceful_timeout=args.graceful_timeout,
+            limits=ConnectionLimits(
+                limit_concurrency=args.limit_concurrency,
+                limit_max_requests=args.limit_max_requests,
+                backlog=args.backlog,
+                timeout_keep_alive=args.timeout_keep_alive,
+                http=args.http,
+                h11_max_incomplete_event_size=args.h11_max_incomplete_event_size,
+            ),
         )
     except StartupFailed as exc:
         logging.getLogger("filesvc").error("start-up failed: %s", exc)  # JSON, like every line
@@ -81,10 +123,16 @@ def _migrate(args: argparse.Namespace) -> int:
     from filesvc.db import create_engine, current_revision, head_revision, migrate
 
     settings = load_settings()
+    if args.check:
+        require_database(settings)
+    path = embedded_database_path(settings)
+    creating = path is not None and not path.exists()
 
     async def run() -> int:
         engine = create_engine(settings)
         try:
+            if creating:
+                print(f"created {path}")
             if args.check:
                 current = await current_revision(engine)
                 head = head_revision()
@@ -106,6 +154,7 @@ def _check(args: argparse.Namespace) -> int:
     from filesvc.storage.resumable_stores import create_resumable_store
 
     settings = load_settings()
+    require_database(settings)
     grace = settings.incomplete_upload_grace if args.grace is None else args.grace
 
     async def run() -> int:
@@ -172,7 +221,9 @@ def _run(command: Callable[[], Coroutine[Any, Any, int]]) -> int:
 def _export(args: argparse.Namespace) -> int:
     from filesvc.exports.command import run
 
-    return run(load_settings(), args)
+    settings = load_settings()
+    require_database(settings)
+    return run(settings, args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,7 +260,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--graceful-timeout",
         type=float,
         default=30.0,
-        help="seconds in-flight requests get to finish on SIGTERM (default 30)",
+        help="seconds in-flight requests get to finish on SIGTERM (default 30); "
+        "requests still running then are answered 503",
+    )
+    limits = serve.add_argument_group(
+        "connection limits (uvicorn's; see the README's Reliability section)"
+    )
+    limits.add_argument(
+        "--limit-concurrency",
+        type=_positive,
+        help="connections at once per worker; beyond it new requests get 503 (default: no limit)",
+    )
+    limits.add_argument(
+        "--limit-max-requests",
+        type=_positive,
+        help="requests a worker serves before it is replaced (default: no limit)",
+    )
+    limits.add_argument(
+        "--backlog", type=_positive, default=2048, help="pending connections queued (default 2048)"
+    )
+    limits.add_argument(
+        "--timeout-keep-alive",
+        type=_positive,
+        default=5,
+        help="seconds an idle keep-alive connection stays open (default 5)",
+    )
+    limits.add_argument(
+        "--http",
+        choices=["auto", "httptools", "h11"],
+        default="auto",
+        help="HTTP/1.1 parser (default auto: httptools); h11 can bound the request head",
+    )
+    limits.add_argument(
+        "--h11-max-incomplete-event-size",
+        type=_positive,
+        help="with --http h11: most bytes of request line and headers buffered (h11's "
+        "default 16 KiB)",
     )
     serve.set_defaults(handler=_serve)
 

@@ -5,7 +5,16 @@ once (:func:`preflight`): migrations run once instead of racing in N workers,
 and a start-up failure (bad database URL, unwritable data directory) ends the
 command with one line instead of N workers failing. It also points
 ``PROMETHEUS_MULTIPROC_DIR`` at a clean directory before the workers start, so
-that ``/metrics`` adds up every worker's values.
+that ``/metrics`` adds up every worker's values. After that check a worker
+can still fail to start (the database went away meanwhile): uvicorn then
+stops every worker and returns as if asked to stop; :func:`serve` raises
+:class:`WorkerFailed` instead, so the command does not exit 0.
+
+uvicorn's connection limits (:class:`ConnectionLimits`) are passed through
+from ``filesvc serve``'s options. uvicorn bounds neither the size nor the
+arrival time of request headers (``httptools`` has no limit; ``h11`` has
+``--h11-max-incomplete-event-size``): the README says which reverse-proxy
+settings close that.
 """
 
 from __future__ import annotations
@@ -16,7 +25,9 @@ import logging.config
 import math
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from filesvc.config import Settings
 from filesvc.logs import logging_config, redact
@@ -37,6 +48,28 @@ UVICORN_STARTUP_FAILURE = 3
 
 class StartupFailed(Exception):
     """The service could not start; the message says why, in one line."""
+
+
+class WorkerFailed(StartupFailed):
+    """A worker failed to start after the start-up check, and uvicorn stopped them all."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """uvicorn's own bounds on connections, as ``filesvc serve`` options set them."""
+
+    #: Connections (and tasks) at once per worker before new requests get 503; None: no limit.
+    limit_concurrency: int | None = None
+    #: Requests a worker serves before it is replaced (bounds slow leaks); None: no limit.
+    limit_max_requests: int | None = None
+    #: Connections the kernel queues before accepting them.
+    backlog: int = 2048
+    #: Seconds an idle keep-alive connection is kept open.
+    timeout_keep_alive: int = 5
+    #: HTTP/1.1 parser: ``h11`` can bound a request's head, ``httptools`` is faster.
+    http: Literal["auto", "httptools", "h11"] = "auto"
+    #: With ``h11``: most bytes of a request head (request line and headers) buffered.
+    h11_max_incomplete_event_size: int | None = None
 
 
 def preflight(settings: Settings) -> None:
@@ -64,9 +97,13 @@ def serve(
     reload: bool = False,
     log_level: str | None = None,
     graceful_timeout: float = 30.0,
+    limits: ConnectionLimits | None = None,
 ) -> None:
     """Serve until stopped; :class:`StartupFailed` when the app cannot start."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    limits = limits or ConnectionLimits()
 
     level = log_level or settings.log_level
     log_config = logging_config(level)
@@ -75,23 +112,42 @@ def serve(
     if workers > 1 and not reload:
         preflight(settings)
     owned_dir = _set_up_multiprocess_metrics(workers > 1 and not reload)
+    options = dict(
+        host=host,
+        port=port,
+        workers=workers,
+        reload=reload,
+        # The code, wherever it is installed; not the current directory.
+        reload_dirs=[str(Path(__file__).resolve().parent)] if reload else None,
+        log_level=level,
+        log_config=log_config,
+        # The request middleware writes the access line, with route and request id.
+        access_log=False,
+        timeout_graceful_shutdown=math.ceil(graceful_timeout),
+        proxy_headers=True,
+        server_header=False,
+        limit_concurrency=limits.limit_concurrency,
+        limit_max_requests=limits.limit_max_requests,
+        backlog=limits.backlog,
+        timeout_keep_alive=limits.timeout_keep_alive,
+        http=limits.http,
+        h11_max_incomplete_event_size=limits.h11_max_incomplete_event_size,
+    )
     try:
-        uvicorn.run(
-            APP_IMPORT_STRING,
-            host=host,
-            port=port,
-            workers=workers,
-            reload=reload,
-            # The code, wherever it is installed; not the current directory.
-            reload_dirs=[str(Path(__file__).resolve().parent)] if reload else None,
-            log_level=level,
-            log_config=log_config,
-            # The request middleware writes the access line, with route and request id.
-            access_log=False,
-            timeout_graceful_shutdown=math.ceil(graceful_timeout),
-            proxy_headers=True,
-            server_header=False,
-        )
+        if workers > 1 and not reload:
+            # uvicorn.run's own branch for workers, keeping the supervisor to
+            # ask afterwards why it stopped.
+            config = uvicorn.Config(APP_IMPORT_STRING, **options)  # type: ignore[arg-type]
+            supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+            supervisor.run()
+            failed = [p for p in supervisor.processes if p.exitcode == UVICORN_STARTUP_FAILURE]
+            if failed:
+                raise WorkerFailed(
+                    f"{len(failed)} worker(s) failed to start after the start-up check "
+                    "(see the log above); all workers were stopped"
+                )
+        else:
+            uvicorn.run(APP_IMPORT_STRING, **options)  # type: ignore[arg-type]
     except SystemExit as exc:
         if exc.code == UVICORN_STARTUP_FAILURE:
             raise StartupFailed("the application failed to start (see the log above)") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,16 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def filesvc(
-    *args: str, data_dir: Path, timeout: float = 60, **env: str
+    *args: str,
+    data_dir: Path,
+    timeout: float = 60,
+    extra_env: dict[str, str] | None = None,
+    **env: str,
 ) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FILESVC_", "PROMETHEUS_"))}
     return subprocess.run(
         [FILESVC, *args],
-        env={**clean, "FILESVC_DATA_DIR": str(data_dir), **env},
+        env={**clean, "FILESVC_DATA_DIR": str(data_dir), **env, **(extra_env or {})},
         cwd=data_dir.parent,  # no stray .env
         capture_output=True,
         text=True,
@@ -78,14 +83,94 @@ def test_an_empty_signing_key_is_refused(tmp_path: Path) -> None:
 def test_check_of_a_database_without_the_schema_exits_1_without_a_traceback(
     tmp_path: Path,
 ) -> None:
-    result = filesvc("check", data_dir=tmp_path / "data")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "filesvc.db").touch()  # an empty SQLite file: a database without tables
+    result = filesvc("check", data_dir=data)
     assert result.returncode == EXIT_FAILED
     assert result.stderr.startswith("filesvc: database error: ")
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args", [["check"], ["check", "--fix"], ["migrate", "--check"], ["export", "files"]]
+)
+def test_commands_where_no_database_is_refuse_without_creating_one(
+    tmp_path: Path, args: list[str]
+) -> None:
+    """Run in the wrong directory (no settings), a command must not create ./data/filesvc.db."""
+    data = tmp_path / "data"
+    result = filesvc(*args, data_dir=data)
+    assert result.returncode == EXIT_FAILED, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("filesvc: no database at ")
+    assert "FILESVC_DATABASE_URL" in lines[0] and "FILESVC_DATA_DIR" in lines[0]
+    assert not data.exists()
+
+
+def test_migrate_creates_the_embedded_database_and_says_where(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    result = filesvc("migrate", data_dir=data)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert f"created {data.resolve() / 'filesvc.db'}" in result.stdout
+    assert (data / "filesvc.db").is_file()
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"FILESVC_DATABASE_URL": "notaurl"}, "FILESVC_DATABASE_URL"),
+        ({"FILESVC_DATABASE_URL": "mysql://u@h/db"}, "FILESVC_DATABASE_URL"),
+        ({"FILESVC_INCOMPLETE_UPLOAD_GRACE": "60"}, "FILESVC_INCOMPLETE_UPLOAD_GRACE"),
+        ({"FILESVC_SEND_TIMEOUT": "0"}, "FILESVC_SEND_TIMEOUT"),
+    ],
+)
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["check"]])
+def test_settings_that_cannot_work_are_one_line(
+    tmp_path: Path, env: dict[str, str], variable: str, command: list[str]
+) -> None:
+    result = filesvc(*command, data_dir=tmp_path / "data", extra_env=env)
+    assert result.returncode == EXIT_USAGE, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("filesvc: invalid setting ") and variable in lines[0], lines
+    assert "Traceback" not in result.stderr
+
+
+def test_h11_head_limit_needs_h11(tmp_path: Path) -> None:
+    result = filesvc("serve", "--h11-max-incomplete-event-size", "8192", data_dir=tmp_path / "data")
+    assert result.returncode == EXIT_USAGE
+    assert "--http h11" in result.stderr
+
+
+def test_serve_exits_1_when_a_worker_fails_after_the_start_up_check(tmp_path: Path) -> None:
+    """The parent's check passes; the workers then fail (here: an app that never starts).
+    uvicorn stops them all and returns: the command must not exit 0."""
+    data = tmp_path / "data"
+    code = (
+        "import sys, filesvc.server, filesvc.cli; "
+        "filesvc.server.APP_IMPORT_STRING = 'tests.crashing_app:app'; "
+        "sys.exit(filesvc.cli.main(sys.argv[1:]))"
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FILESVC_", "PROMETHEUS_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", code, "serve", "--port", str(free_port()), "--workers", "2"],
+        env={**clean, "FILESVC_DATA_DIR": str(data)},
+        cwd=Path(__file__).resolve().parent.parent,  # tests.crashing_app importable by workers
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == EXIT_FAILED, result.stderr
+    last = json.loads(result.stderr.splitlines()[-1])
+    assert "failed to start after the start-up check" in last["message"], last
+
+
 def test_migrate_check_then_migrate(tmp_path: Path) -> None:
     data = tmp_path / "data"
+    data.mkdir()
+    (data / "filesvc.db").touch()  # an empty database
     behind = filesvc("migrate", "--check", data_dir=data)
     assert behind.returncode == EXIT_FAILED, behind.stderr
     assert behind.stdout.startswith("database at empty, code at ")
