@@ -74,6 +74,29 @@ async def test_a_symlink_out_of_the_root_is_not_followed(
             await storage.open_reader(key, 0, 7)
 
 
+async def test_writes_stats_and_deletes_never_follow_a_symlink_out_of_the_root(
+    storage: LocalStorage, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim").write_bytes(b"keep me")
+    os.symlink(outside, storage.root / "ab" / "out")
+    with pytest.raises(ObjectNotFound):
+        await storage.create_writer("ab/out/new")
+    with pytest.raises(ObjectNotFound):
+        await storage.stat("ab/out/victim")
+    await storage.delete("ab/out/victim")
+    assert (outside / "victim").read_bytes() == b"keep me"
+    assert list(outside.iterdir()) == [outside / "victim"]
+
+
+def test_path_is_string_work_that_never_touches_the_disk(storage: LocalStorage) -> None:
+    """It runs on the event loop: a symlink loop (or a hung mount) under the root
+    must not make it stat anything; the checks that must stat run in a thread."""
+    os.symlink("loop", storage.root / "loop")
+    assert storage.path("loop/a/b") == storage.root / "loop" / "a" / "b"
+
+
 async def test_a_symlink_inside_the_root_is_followed(storage: LocalStorage) -> None:
     os.symlink(storage.root / KEY, storage.root / "ab" / "cdef" / "alias")
     assert await read_all(await storage.open_reader("ab/cdef/alias", 0, 3)) == [DATA[:3]]

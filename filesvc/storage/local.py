@@ -158,16 +158,31 @@ class LocalStorage(Storage):
         self.root = root.resolve()
 
     def path(self, key: str) -> Path:
-        """The file of a key; the one place that turns keys into paths."""
+        """The file of a key; the one place that turns keys into paths.
+
+        Pure string work, safe on the event loop: a key is ``/``-separated
+        segments of ``[A-Za-z0-9_-]``, so no segment is empty, ``.`` or ``..``
+        and the path stays under the root lexically. Symbolic links planted
+        under the root are :meth:`resolved`'s concern.
+        """
         if not STORAGE_KEY.match(key):
             raise ObjectNotFound(key)
-        path = (self.root / key).resolve()
-        if os.path.commonpath([self.root, path]) != str(self.root):
+        return Path(f"{self.root}/{key}")
+
+    async def resolved(self, key: str) -> Path:
+        """:meth:`path`, checked to lead under the root through any symbolic link.
+
+        Resolving stats every component: on a slow or hung disk that must
+        not happen on the event loop, so it runs in a worker thread.
+        """
+        path = self.path(key)
+        real = await anyio.to_thread.run_sync(os.path.realpath, path)
+        if os.path.commonpath([str(self.root), real]) != str(self.root):
             raise ObjectNotFound(key)
-        return path
+        return Path(real)
 
     async def create_writer(self, key: str) -> StorageWriter:
-        final = self.path(key)
+        final = await self.resolved(key)
         temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
         with _translated_os_errors():
             await aiofiles.os.makedirs(final.parent, exist_ok=True)
@@ -218,8 +233,8 @@ class LocalStorage(Storage):
         try:
             try:
                 real = os.readlink(f"/proc/self/fd/{fd}")
-            except OSError:  # no /proc
-                real = str(self.path(key))
+            except OSError:  # no /proc: resolve the path instead
+                real = os.path.realpath(self.path(key))
             if not real.startswith(f"{self.root}/"):
                 raise ObjectNotFound(key)
         except BaseException:
@@ -271,14 +286,14 @@ class LocalStorage(Storage):
 
     async def stat(self, key: str) -> StoredObject:
         try:
-            result = await aiofiles.os.stat(self.path(key))
+            result = await aiofiles.os.stat(await self.resolved(key))
         except FileNotFoundError as exc:
             raise ObjectNotFound(key) from exc
         return StoredObject(key=key, size=result.st_size, modified=result.st_mtime)
 
     async def delete(self, key: str) -> None:
         try:
-            await aiofiles.os.remove(self.path(key))
+            await aiofiles.os.remove(await self.resolved(key))
         except (FileNotFoundError, ObjectNotFound):
             pass
 
