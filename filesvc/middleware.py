@@ -260,6 +260,8 @@ class _Exchange:
             nonlocal served
             if message["type"] == "http.response.start":
                 self.status = message["status"]
+                if 300 <= self.status < 400:
+                    _relative_own_location(message, self.scope)
                 self.route = self.middleware.route_template(self.scope, self.arrived)
                 served = self.metrics.served_bytes.labels(route=self.route)
                 headers = [(k, v) for k, v in message.get("headers", ()) if k.lower() != _HEADER]
@@ -332,6 +334,30 @@ class _Exchange:
                 "incomplete": True if self.incomplete else None,
             },
         )
+
+
+def _relative_own_location(message: Message, scope: Scope) -> None:
+    """Make a redirect to this very host relative (RFC 9110 §10.2.2 allows it).
+
+    Starlette builds the trailing-slash redirect from the request's ``Host``
+    header; without ``FILESVC_TRUSTED_HOSTS`` any host would be echoed into
+    ``Location`` (a cache poisoned with it sends users elsewhere). A relative
+    ``Location`` names no host at all. Redirects elsewhere (presigned S3 URLs)
+    are left alone.
+    """
+    host = next((v for k, v in scope["headers"] if k == b"host"), None)
+    if host is None:
+        return
+    headers = list(message.get("headers", ()))
+    for index, (name, value) in enumerate(headers):
+        if name.lower() != b"location":
+            continue
+        scheme, sep, rest = value.partition(b"://")
+        if sep and scheme.lower() in (b"http", b"https", b"ws", b"wss"):
+            authority, slash, path = rest.partition(b"/")
+            if authority.lower() == host.lower():
+                headers[index] = (name, slash + path if slash else b"/")
+    message["headers"] = headers
 
 
 async def _answer_shutting_down(send: Send) -> None:

@@ -758,3 +758,14 @@ def test_huge_headers_never_hold_the_event_loop(client: httpx.Client, case: str)
     status_line, _, rest = answer.partition(b"\r\n")
     assert status_line == b"HTTP/1.1 200 OK", answer[:300]
     assert rest.endswith(image)  # the whole file: past every cap, nothing partial
+
+
+def test_the_trailing_slash_redirect_names_no_host(server: LiveServer) -> None:
+    """Without FILESVC_TRUSTED_HOSTS any Host is accepted: it must not reach Location."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"GET /api/v1/files/?limit=1 HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+        answer = read_response(sock)
+    head = answer.partition(b"\r\n\r\n")[0].decode("latin-1").lower()
+    assert head.startswith("http/1.1 307"), head
+    assert "evil.example" not in head
+    assert "\r\nlocation: /api/v1/files?limit=1\r\n" in head + "\r\n", head
