@@ -666,6 +666,21 @@ def test_s3_redirect_after_the_signature_checks(make_server: ServerFactory) -> N
                 assert (response.status_code, response.content) == (200, BODY)
 
 
+def test_head_in_s3_redirect_mode_is_answered_by_the_service(make_server: ServerFactory) -> None:
+    """A URL presigned for GET answers 403 to a HEAD: HEAD never ends up there."""
+    server = make_server(allowed_types=ALLOWED, signing_key=SIGNING_KEY, s3_redirect=True)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        public = upload(client, BODY)
+        private = upload(client, BODY, "secret.pdf", visibility="private")
+        signed = signed_query(private["id"], int(time.time()) + 60)
+        for url, params in ((public["url"], {}), (private["url"], signed)):
+            response = client.head(url, params=params)
+            assert response.status_code == 200, response.headers
+            assert response.headers["content-length"] == str(SIZE)
+            assert response.headers["etag"] == ETAG
+            assert response.content == b""
+
+
 # --- memory: a 200 MiB file through a real `filesvc serve` --------------------------
 
 

@@ -218,7 +218,9 @@ async def respond(
         return StoredFileResponse(304, validator_headers(representation, cache_control))
 
     storage = resources.storage
-    if resources.settings.s3_redirect:
+    # HEAD is answered here: a URL presigned for GET answers 403 to a HEAD (S3
+    # signs the method), and the headers need no byte of the object.
+    if resources.settings.s3_redirect and method != "HEAD":
         url = await storage.presigned_url(
             row.storage_key,
             _presign_seconds(expires),
