@@ -21,6 +21,11 @@ from sqlalchemy.ext.asyncio import (
 
 from filesvc.config import Settings
 
+#: What a request or a readiness probe says when the tables are not there.
+SCHEMA_MISSING = "The database has no schema yet: run `filesvc migrate`."
+#: PostgreSQL's undefined_table.
+_UNDEFINED_TABLE = "42P01"
+
 #: Milliseconds SQLite waits for a competing writer before giving up.
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -43,6 +48,17 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # sorted export's first fetch may legitimately take minutes.
         connect_args={"timeout": 5, "command_timeout": settings.database_command_timeout},
     )
+
+
+def is_schema_missing(exc: BaseException) -> bool:
+    """The database answered, but a table the service needs is not there (unmigrated)."""
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(exc, DBAPIError):
+        return False
+    if getattr(exc.orig, "sqlstate", None) == _UNDEFINED_TABLE:
+        return True
+    return "no such table" in str(exc.orig)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

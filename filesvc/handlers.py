@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
+from filesvc.db import SCHEMA_MISSING, is_schema_missing
 from filesvc.errors import (
     ClientClosedRequest,
     DatabaseUnavailable,
@@ -98,6 +99,11 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 async def _on_database_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DBAPIError)
+    if is_schema_missing(exc):  # never a 500: the operator has a step to take
+        logger.warning(
+            "database has no schema: %s", exc, extra={"request_id": _request_id(request)}
+        )
+        return error_response(DatabaseUnavailable(SCHEMA_MISSING))
     if isinstance(exc, OperationalError) or exc.connection_invalidated:
         logger.warning("database unavailable: %s", exc, extra={"request_id": _request_id(request)})
         return error_response(DatabaseUnavailable())

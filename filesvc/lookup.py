@@ -26,7 +26,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from filesvc.config import Settings
-from filesvc.db import SQLITE_BUSY_TIMEOUT_MS
+from filesvc.db import SCHEMA_MISSING, SQLITE_BUSY_TIMEOUT_MS
 from filesvc.errors import DatabaseUnavailable
 from filesvc.models import StoredFile
 
@@ -164,6 +164,8 @@ class SQLiteLookup(FileLookup):
             else:
                 row = await self._read_in_thread(file_id)
         except sqlite3.Error as exc:
+            if "no such table" in str(exc):
+                raise DatabaseUnavailable(SCHEMA_MISSING) from exc
             raise DatabaseUnavailable(f"The database failed: {exc}.") from exc
         if row is None:
             return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from pydantic import SecretStr
 
 from filesvc.routes.health import describe_failure, probe, secrets_of
 from tests.conftest import embedded_settings as _settings
+from tests.images import make_image
 from tests.processes import free_port
 from tests.servers import LiveServer, running
 from tests.waiting import HANG_SECONDS
@@ -150,3 +152,46 @@ def test_failure_descriptions_mask_secrets(tmp_path: Path) -> None:
     for secret in ("db-secret-1", "signing-secret-2", "api-secret-3", "Background"):
         assert secret not in text
     assert text.startswith("RuntimeError: connect to postgresql://u:***@db.internal/x")
+
+
+@pytest.fixture
+def unmigrated_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database that answers: a fresh PostgreSQL database, or an empty SQLite file."""
+    if request.param == "sqlite":
+        (tmp_path / "data").mkdir()
+        (tmp_path / "data" / "empty.db").touch()
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'empty.db'}"
+        return
+    from tests.conftest import POSTGRES_ADMIN_URL, _admin, require
+
+    name = f"filesvc_unmigrated_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # asyncpg raises OSError or its own errors
+        require(False, f"PostgreSQL at {POSTGRES_ADMIN_URL} is not reachable: {exc}")
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.parametrize(
+    "unmigrated_database",
+    ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
+def test_an_unmigrated_database_is_503_naming_migrate_never_500(
+    tmp_path: Path, unmigrated_database: str
+) -> None:
+    settings = _settings(tmp_path, database_url=unmigrated_database, auto_migrate=False)
+    with running(settings) as (_, client):
+        checks = _assert_not_ready(client.get("/readyz"), "database")
+        assert "filesvc migrate" in checks["database"], checks
+        for response in (
+            client.post("/api/v1/files?filename=a.png", content=make_image("image/png")),
+            client.get("/api/v1/files"),
+            client.get("/files/" + "a" * 32),
+        ):
+            assert response.status_code == 503, response.text
+            error = response.json()["error"]
+            assert "filesvc migrate" in error["message"], error
+            assert response.headers["retry-after"]

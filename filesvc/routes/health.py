@@ -18,13 +18,14 @@ from fastapi.responses import JSONResponse
 from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from filesvc.config import Settings
+from filesvc.db import SCHEMA_MISSING, is_schema_missing
 from filesvc.deps import ResourcesDep
-from filesvc.errors import RETRY_AFTER_SECONDS, FilesvcError, error_body
+from filesvc.errors import RETRY_AFTER_SECONDS, DatabaseUnavailable, FilesvcError, error_body
 from filesvc.logs import redact
 
 router = APIRouter(tags=["operations"])
@@ -78,8 +79,13 @@ async def check_database(engine: AsyncEngine) -> None:
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         await _check_sqlite_file(url)
         return
-    async with engine.connect() as connection:
-        await connection.execute(PROBE_QUERY)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(PROBE_QUERY)
+    except DBAPIError as exc:
+        if is_schema_missing(exc):
+            raise DatabaseUnavailable(SCHEMA_MISSING) from exc
+        raise
 
 
 async def _check_sqlite_file(url: URL) -> None:
@@ -93,6 +99,10 @@ async def _check_sqlite_file(url: URL) -> None:
     try:
         async with engine.connect() as connection:
             await connection.execute(PROBE_QUERY)
+    except DBAPIError as exc:
+        if is_schema_missing(exc):
+            raise DatabaseUnavailable(SCHEMA_MISSING) from exc
+        raise
     finally:
         await engine.dispose()
 
