@@ -191,6 +191,16 @@ def _check(args: argparse.Namespace) -> int:
         )
         for upload_id in report.expired_uploads:
             print(f"expired upload: {upload_id}")
+        print(
+            f"{len(report.unfinished_writes)} unfinished uploads older than {grace:g}s"
+            + (
+                f" ({report.young_unfinished} younger left alone)"
+                if report.young_unfinished
+                else ""
+            )
+        )
+        for write in report.unfinished_writes:
+            print(f"unfinished upload: {write.key} ({write.handle})")
         if args.fix:
             print(f"fixed {report.fixed}")
             return EXIT_OK
@@ -315,11 +325,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check",
-        help="find rows without bytes and bytes without rows; exit 1 if any (0 with --fix)",
+        help="find rows without bytes, bytes without rows and unfinished uploads left by a "
+        "crash; exit 1 if any (0 with --fix)",
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    check.add_argument("--fix", action="store_true", help="delete the rows and the bytes found")
+    check.add_argument(
+        "--fix",
+        action="store_true",
+        help="delete the rows and the bytes found, and abort the unfinished uploads",
+    )
     check.add_argument(
         "--grace",
         type=float,

@@ -6,11 +6,16 @@ Two kinds of damage can exist after crashes or manual meddling:
   row is deleted;
 - **bytes without a row** (stored but unreachable, still billed): with ``fix``
   the object is deleted — but only once it is older than the grace period,
-  because an upload in progress commits its bytes a moment before its row.
+  because an upload in progress commits its bytes a moment before its row;
+- **unfinished writes** (an S3 multipart upload, a local temp file) that a
+  crashed process left: with ``fix`` they are aborted, again only once older
+  than the grace period (an upload in progress is one too). The start-up
+  sweep does the same, but only when a process starts.
 
 Resumable (tus) uploads in progress are counted; those past their expiry are
 reported and, with ``fix``, swept with their bytes (S3: the multipart upload
 and the staged bytes), as the service itself sweeps them when it meets them.
+Their multipart uploads are not unfinished writes: they outlive the grace.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from filesvc.models import ResumableUpload, StoredFile
-from filesvc.storage import ObjectNotFound, Storage
+from filesvc.storage import ObjectNotFound, Storage, UnfinishedWrite
 from filesvc.storage.resumable import ResumableStore
 from filesvc.variants import original_key_of
 
@@ -42,11 +47,18 @@ class Report:
     young_unrecorded: int = 0  # bytes without a row, but maybe an upload in progress
     unfinished_uploads: int = 0  # resumable uploads in progress, expired ones included
     expired_uploads: list[str] = field(default_factory=list)  # their ids
+    unfinished_writes: list[UnfinishedWrite] = field(default_factory=list)  # past the grace
+    young_unfinished: int = 0  # unfinished writes within the grace: maybe in progress
     fixed: int = 0
 
     @property
     def clean(self) -> bool:
-        damage = self.rows_without_bytes or self.bytes_without_row or self.expired_uploads
+        damage = (
+            self.rows_without_bytes
+            or self.bytes_without_row
+            or self.expired_uploads
+            or self.unfinished_writes
+        )
         return not damage
 
 
@@ -113,6 +125,12 @@ async def check(
             continue
         report.bytes_without_row.append(key)
 
+    async for write in storage.iter_unfinished():
+        if write.started > cutoff:
+            report.young_unfinished += 1
+        else:
+            report.unfinished_writes.append(write)
+
     if fix:
         report.fixed = await _repair(sessions, storage, report)
         if resumable is not None:
@@ -155,5 +173,8 @@ async def _repair(
         fixed += len(report.rows_without_bytes)
     for key in report.bytes_without_row:
         await storage.delete(key)
+        fixed += 1
+    for write in report.unfinished_writes:
+        await storage.discard_unfinished(write)
         fixed += 1
     return fixed

@@ -104,3 +104,43 @@ def test_check_on_s3(server: LiveServer, client: httpx.Client) -> None:
     assert server.stored_objects() == [
         server.query("SELECT storage_key FROM files WHERE id = :id", id=ids[1])[0][0]
     ]
+
+
+def test_check_finds_and_aborts_unfinished_uploads_left_by_a_crash(
+    server: LiveServer, client: httpx.Client
+) -> None:
+    """What a crashed process leaves mid-upload: an S3 multipart upload with parts,
+    or a local temp file. `check` lists it once older than the grace; `--fix`
+    aborts it; within the grace it is left alone (it may be an upload in progress)."""
+    settings = server.settings
+    if settings.storage == "s3":
+        from tests.s3server import s3_client
+
+        s3 = s3_client(settings.s3_endpoint_url or "")
+        prefix = settings.s3_prefix.strip("/") + "/" if settings.s3_prefix else ""
+        started = s3.create_multipart_upload(Bucket=settings.s3_bucket, Key=prefix + "cr/ash/left")
+        s3.upload_part(
+            Bucket=settings.s3_bucket,
+            Key=prefix + "cr/ash/left",
+            UploadId=started["UploadId"],
+            PartNumber=1,
+            Body=b"x" * (5 * 1024 * 1024),
+        )
+    else:
+        part = settings.data_dir / "files" / "cr" / "ash" / ".left.0a1b2c3d.part"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(b"x" * 1000)
+    assert server.stored_objects() != []
+
+    if settings.storage == "local":  # moto dates every multipart upload 2010-11-10
+        young = run_check(server)
+        assert young.returncode == 0, young.stdout + young.stderr
+        assert "0 unfinished uploads older than" in young.stdout
+        assert "(1 younger left alone)" in young.stdout.splitlines()[-1], young.stdout
+    found = run_check(server, "--grace", "0")
+    assert found.returncode == 1, found.stdout + found.stderr
+    assert "unfinished upload: cr/ash/left (" in found.stdout, found.stdout
+    fixed = run_check(server, "--grace", "0", "--fix")
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert server.stored_objects() == []
+    assert run_check(server, "--grace", "0").returncode == 0

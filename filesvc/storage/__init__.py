@@ -8,6 +8,7 @@ from filesvc.storage.base import (
     Storage,
     StorageWriter,
     StoredObject,
+    UnfinishedWrite,
     new_key,
     open_writer,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "Storage",
     "StorageWriter",
     "StoredObject",
+    "UnfinishedWrite",
     "create_storage",
     "new_key",
     "open_writer",

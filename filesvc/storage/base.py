@@ -23,6 +23,17 @@ class ObjectNotFound(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class UnfinishedWrite:
+    """A write a crashed process left behind (an S3 multipart upload, a local temp file)."""
+
+    key: str
+    #: What the backend needs to discard it: the S3 upload id, the local temp file's name.
+    handle: str
+    #: When it began, seconds since the epoch.
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
 class StoredObject:
     key: str
     size: int
@@ -92,6 +103,15 @@ class Storage(ABC):
     @abstractmethod
     async def sweep_incomplete(self, older_than: float) -> int:
         """Remove writes left unfinished (by a crash) more than ``older_than`` seconds ago."""
+
+    async def iter_unfinished(self) -> AsyncIterator[UnfinishedWrite]:
+        """Writes in progress or left unfinished, for ``filesvc check``; none by default."""
+        return
+        yield  # an async generator that yields nothing
+
+    async def discard_unfinished(self, write: UnfinishedWrite) -> None:
+        """Remove what ``write`` left behind; no error when it is gone already."""
+        return None
 
     async def presigned_url(
         self, key: str, expires_in: int, *, content_disposition: str, content_type: str

@@ -8,6 +8,7 @@ start-up.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import io
@@ -30,10 +31,13 @@ from filesvc.storage.base import (
     Storage,
     StorageWriter,
     StoredObject,
+    UnfinishedWrite,
 )
 
 #: Suffix of in-progress writes; never a suffix of a committed key.
 TEMP_SUFFIX = ".part"
+#: A temp file's path under the root, as :meth:`LocalStorage.iter_unfinished` names it.
+_TEMP_NAME = re.compile(r"([A-Za-z0-9_-]+/)*\.[A-Za-z0-9_-]+\.[0-9a-f]+" + re.escape(TEMP_SUFFIX))
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _RWF_NOWAIT: int = getattr(os, "RWF_NOWAIT", 0)
 
@@ -324,6 +328,32 @@ class LocalStorage(Storage):
         if not top.exists():
             return []
         return sorted(p for p in top.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+    async def iter_unfinished(self) -> AsyncIterator[UnfinishedWrite]:
+        def scan() -> list[UnfinishedWrite]:
+            if not self.root.exists():
+                return []
+            found = []
+            for path in self.root.rglob(f".*{TEMP_SUFFIX}"):
+                try:
+                    started = path.stat().st_mtime
+                except FileNotFoundError:
+                    continue
+                # ".<name>.<hex><suffix>" beside the final file (see create_writer).
+                name = path.name[1:].rsplit(".", 2)[0]
+                key = (path.parent / name).relative_to(self.root).as_posix()
+                handle = path.relative_to(self.root).as_posix()
+                found.append(UnfinishedWrite(key, handle, started))
+            return sorted(found, key=lambda w: w.handle)
+
+        for write in await anyio.to_thread.run_sync(scan):
+            yield write
+
+    async def discard_unfinished(self, write: UnfinishedWrite) -> None:
+        if not _TEMP_NAME.fullmatch(write.handle):
+            raise ObjectNotFound(write.handle)
+        with contextlib.suppress(FileNotFoundError):
+            await aiofiles.os.remove(self.root / write.handle)
 
     async def sweep_incomplete(self, older_than: float) -> int:
         def sweep() -> int:

@@ -24,7 +24,13 @@ from botocore.exceptions import ClientError
 from filesvc import __version__
 from filesvc.config import Settings
 from filesvc.errors import StorageUnavailable
-from filesvc.storage.base import ObjectNotFound, Storage, StorageWriter, StoredObject
+from filesvc.storage.base import (
+    ObjectNotFound,
+    Storage,
+    StorageWriter,
+    StoredObject,
+    UnfinishedWrite,
+)
 from filesvc.storage.multipart import MultipartWriter
 from filesvc.storage.resumable import KEY_PREFIX as RESUMABLE_KEY_PREFIX
 from filesvc.storage.s3objects import S3Objects, T, _error_code, _RangeNotSatisfiable
@@ -217,6 +223,15 @@ class S3Storage(Storage):
                 return
             request["KeyMarker"] = page.get("NextKeyMarker", "")
             request["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+
+    async def iter_unfinished(self) -> AsyncIterator[UnfinishedWrite]:
+        async for key, upload_id, initiated in self.incomplete_uploads():
+            # Resumable uploads outlive the grace period; their expiry sweeps them.
+            if not key.startswith(RESUMABLE_KEY_PREFIX):
+                yield UnfinishedWrite(key, upload_id, initiated)
+
+    async def discard_unfinished(self, write: UnfinishedWrite) -> None:
+        await self.objects.abort_once(write.key, write.handle)
 
     async def sweep_incomplete(self, older_than: float) -> int:
         cutoff = time.time() - older_than
