@@ -198,3 +198,23 @@ def test_serve_that_cannot_start_exits_1_with_json_lines(tmp_path: Path, workers
     lines = [json.loads(line) for line in result.stderr.splitlines()]  # all JSON
     assert any(line["level"] == "error" for line in lines)
     assert result.stdout == ""
+
+
+def test_export_to_a_file_never_writes_through_a_planted_partial_name(tmp_path: Path) -> None:
+    """The partial file gets a random name, created exclusively: a symlink planted
+    at a predictable one (`.out.csv.part`) cannot redirect the export's bytes."""
+    data = tmp_path / "data"
+    assert filesvc("migrate", data_dir=data).returncode == EXIT_OK
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / ".out.csv.part").symlink_to(victim)
+    result = filesvc("export", "files", "-o", str(tmp_path / "out.csv"), data_dir=data)
+    assert result.returncode == EXIT_OK, result.stderr
+    assert victim.read_text() == "precious"
+    assert (tmp_path / "out.csv").read_text().startswith("id,")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".out.csv.part",
+        "data",
+        "out.csv",
+        "victim",
+    ]
