@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import socket
@@ -167,7 +168,12 @@ def test_kill_9_mid_upload_leaves_no_partial_file_and_restart_sweeps(
     serve: list[ServeProcess], tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
-    env = {"FILESVC_ALLOWED_TYPES": PDF_TYPES, "FILESVC_INCOMPLETE_UPLOAD_GRACE": "0"}
+    # The grace may not be below the body deadline (a sweep would cut live uploads).
+    env = {
+        "FILESVC_ALLOWED_TYPES": PDF_TYPES,
+        "FILESVC_INCOMPLETE_UPLOAD_GRACE": "60",
+        "FILESVC_BODY_DEADLINE": "60",
+    }
     first = ServeProcess(data_dir, env=env).start()
     serve.append(first)
     with httpx.Client(base_url=first.url) as client:
@@ -185,6 +191,8 @@ def test_kill_9_mid_upload_leaves_no_partial_file_and_restart_sweeps(
     assert len(final_paths(data_dir)) == 1  # only the finished upload
     assert rows(data_dir) == 1
     assert len(list((data_dir / "files").rglob(".*.part"))) == 3
+    for part in (data_dir / "files").rglob(".*.part"):  # left by a crash a while ago
+        os.utime(part, (time.time() - 120, time.time() - 120))
 
     second = ServeProcess(data_dir, env=env).start()
     serve.append(second)
