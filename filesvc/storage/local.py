@@ -13,6 +13,7 @@ import ctypes
 import errno
 import io
 import os
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
