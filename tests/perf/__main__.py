@@ -26,6 +26,11 @@ SCENARIOS = {
         "tests.perf.variants",
         "12 MP JPEG thumb: first render < 150 ms, cached GET ≥ 0.9× static, bounded burst",
     ),
+    "hostile": (
+        "tests.perf.hostile",
+        "/healthz p99 < 100 ms, peak RSS < 400 MiB above idle, under hostile headers and "
+        "lying images",
+    ),
     "load": ("tests.perf.load", "50 concurrent uploads + 8 ranged downloads, no errors"),
     "resumable": ("tests.perf.resumable", "1 GiB tus in 8 MiB PATCHes ≥ 0.8× one-shot raw"),
 }
