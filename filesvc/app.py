@@ -158,5 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_origins(app, settings)
     auth.check_routes(app)
     # Added last, so outermost: request id, access log and metrics cover every answer.
-    app.add_middleware(RequestMiddleware, router=app.router, metrics=metrics)
+    app.add_middleware(
+        RequestMiddleware, router=app.router, metrics=metrics, send_timeout=settings.send_timeout
+    )
     return app

@@ -53,7 +53,7 @@ _HEADER = b"x-request-id"
 UPLOAD_ROUTES = frozenset({("POST", f"{API_PREFIX}/files"), ("POST", f"{API_PREFIX}/files/batch")})
 #: Route templates under this prefix stream CSV exports.
 EXPORT_ROUTE_PREFIX = f"{API_PREFIX}/exports/"
-#: Send timeout when the app carries no settings (``FILESVC_SEND_TIMEOUT``'s default).
+#: Send timeout when none is given (``FILESVC_SEND_TIMEOUT``'s default).
 DEFAULT_SEND_TIMEOUT = 30.0
 
 
@@ -138,16 +138,9 @@ class RequestMiddleware:
         self.app = app
         self.router = router
         self.metrics = metrics
-        #: None: read ``FILESVC_SEND_TIMEOUT`` from the app's settings per request.
-        self.send_timeout = send_timeout
+        #: ``FILESVC_SEND_TIMEOUT``; the app factory passes it.
+        self.send_timeout = DEFAULT_SEND_TIMEOUT if send_timeout is None else send_timeout
         logging.getLogger("uvicorn.error").addFilter(_ABORTED_FILTER)  # once: same instance
-
-    def timeout_for(self, scope: Scope) -> float:
-        if self.send_timeout is not None:
-            return self.send_timeout
-        settings = getattr(getattr(scope.get("app"), "state", None), "settings", None)
-        timeout = getattr(settings, "send_timeout", None)
-        return float(timeout) if timeout is not None else DEFAULT_SEND_TIMEOUT
 
     def route_template(self, scope: Scope, arrived: Scope) -> str:
         """The path template of the route that answered, e.g. ``/api/v1/files/{file_id}``.
@@ -176,7 +169,7 @@ class RequestMiddleware:
         scope["request_id"] = request_id
         token = bind_request(request_id)
         exchange = _Exchange(self, scope, request_id)
-        timeout = self.timeout_for(scope)
+        timeout = self.send_timeout
         try:
             with self.metrics.in_progress(exchange.gauge):
                 await self.app(scope, exchange.receive(receive), exchange.send(send, timeout))
