@@ -164,6 +164,20 @@ class Settings(BaseSettings):
     body_deadline: float = Field(
         3600.0, gt=0, description="Seconds an upload body may take in all, however fast."
     )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=4096,
+        le=16 * 1024 * 1024,
+        description="Most bytes of a request's head (request line and headers); more is 431. "
+        "Applies to `filesvc serve` (httptools).",
+    )
+    header_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request's head may take from its first byte to its last; "
+        "longer is 408. Applies to `filesvc serve` (httptools).",
+    )
     send_timeout: float = Field(
         30.0,
         gt=0,

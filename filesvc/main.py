@@ -3,5 +3,10 @@
 from __future__ import annotations
 
 from filesvc.app import create_app
+from filesvc.config import Settings
+from filesvc.httpprotocol import BoundedHttpToolsProtocol
 
-app = create_app()
+settings = Settings()
+# Each worker process imports this module: the protocol's bounds are set here.
+BoundedHttpToolsProtocol.configure(settings)
+app = create_app(settings)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from filesvc.config import Settings
+from filesvc.httpprotocol import BoundedHttpToolsProtocol
 from filesvc.logs import logging_config, redact
 from filesvc.metrics import (
     MULTIPROC_ENV,
@@ -104,6 +105,7 @@ def serve(
     from uvicorn.supervisors import Multiprocess
 
     limits = limits or ConnectionLimits()
+    BoundedHttpToolsProtocol.configure(settings)
 
     level = log_level or settings.log_level
     log_config = logging_config(level)
@@ -130,7 +132,8 @@ def serve(
         limit_max_requests=limits.limit_max_requests,
         backlog=limits.backlog,
         timeout_keep_alive=limits.timeout_keep_alive,
-        http=limits.http,
+        # httptools with the request head bounded (filesvc.httpprotocol); h11 bounds its own.
+        http=BoundedHttpToolsProtocol if limits.http != "h11" else "h11",
         h11_max_incomplete_event_size=limits.h11_max_incomplete_event_size,
     )
     try:
