@@ -17,6 +17,7 @@ from filesvc.config import Settings
 from filesvc.db import create_engine, create_session_factory, migrate
 from filesvc.decoding import DecodeBudget
 from filesvc.deps import Resources
+from filesvc.exports import Exporter
 from filesvc.handlers import install_error_handlers
 from filesvc.head import install_head
 from filesvc.keys import KeyRing
@@ -98,6 +99,7 @@ def _lifespan(
                     on_render=lambda spec: metrics.variant_renders.labels(format=spec.format).inc(),
                 ),
                 resumable=resumable,
+                exporter=Exporter(settings, metrics),
             )
             yield
 

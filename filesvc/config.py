@@ -7,7 +7,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from filesvc.sniffing import unknown_patterns
@@ -41,6 +49,40 @@ def _split_list(value: Any) -> Any:
         if text.startswith("["):
             return json.loads(text)
         return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class ExportColumns(BaseModel):
+    """Which columns of an export table are offered: all, an allow-list, or all but a deny-list."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    columns: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _one_list(self) -> ExportColumns:
+        if self.columns is not None and self.exclude:
+            raise ValueError("give 'columns' or 'exclude', not both")
+        if self.columns is not None and not self.columns:
+            raise ValueError("'columns' may not be empty")
+        return self
+
+    def allows(self, name: str) -> bool:
+        if self.columns is not None:
+            return name in self.columns
+        return name not in self.exclude
+
+
+def _export_tables(value: Any) -> Any:
+    """A JSON object ``{table: {}|{"columns": [...]}|{"exclude": [...]}}``, or a list of names."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        value = json.loads(value)
+    if isinstance(value, dict):
+        return value
+    value = _split_list(value)
+    if isinstance(value, list) and all(isinstance(name, str) for name in value):
+        return {name: {} for name in value}
     return value
 
 
@@ -205,9 +247,17 @@ class Settings(BaseSettings):
         description="Host names the service answers (`*.example.com` allowed; JSON array or "
         "a,b,c); empty accepts any Host.",
     )
-    export_tables: Annotated[list[str], NoDecode] = Field(
-        default_factory=list,
-        description="Extra tables or views offered as CSV exports (JSON array or a,b,c).",
+    export_tables: Annotated[dict[str, ExportColumns], NoDecode] = Field(
+        default_factory=dict,
+        description="Extra tables or views offered as exports: a JSON array or a,b,c of names, "
+        'or a JSON object from name to `{}` (every column), `{"columns": [...]}` (only these) '
+        'or `{"exclude": [...]}` (all but these).',
+    )
+    max_concurrent_exports: int = Field(
+        8,
+        ge=1,
+        description="Exports one process streams at once (each holds a database connection); "
+        "one more is refused with 503.",
     )
     incomplete_upload_grace: float = Field(
         6 * 3600,
@@ -225,12 +275,15 @@ class Settings(BaseSettings):
         "info", description="Log level."
     )
 
-    @field_validator(
-        "allowed_types", "cors_origins", "export_tables", "trusted_hosts", mode="before"
-    )
+    @field_validator("allowed_types", "cors_origins", "trusted_hosts", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @field_validator("export_tables", mode="before")
+    @classmethod
+    def _export_tables(cls, value: Any) -> Any:
+        return _export_tables(value)
 
     @field_validator("allowed_types")
     @classmethod

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from filesvc.config import Settings
 from filesvc.decoding import DecodeBudget
+from filesvc.exports import Exporter
 from filesvc.keys import KeyRing
 from filesvc.lookup import FileLookup
 from filesvc.metrics import Metrics
@@ -37,6 +38,8 @@ class Resources:
     variants: VariantRenderer
     #: Resumable (tus) uploads.
     resumable: Uploads
+    #: Built once here: its catalog reflects the configured tables on first use.
+    exporter: Exporter
 
 
 def get_resources(request: Request) -> Resources:

@@ -115,6 +115,19 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=registry,
         )
+        self.export_slots_in_use = Gauge(
+            "filesvc_export_slots_in_use",
+            "Export slots held (an export holds one, with its database connection, from "
+            "connecting to its last byte); FILESVC_MAX_CONCURRENT_EXPORTS per process.",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
+        self.export_slots = Gauge(
+            "filesvc_export_slots",
+            "Export slots there are (FILESVC_MAX_CONCURRENT_EXPORTS per process).",
+            multiprocess_mode="livesum",
+            registry=registry,
+        )
         self.export_rows = Counter(
             "filesvc_export_rows",
             "Rows written into CSV exports, by dataset.",

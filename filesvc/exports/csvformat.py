@@ -2,9 +2,12 @@
 
 The output is what PostgreSQL's ``COPY … TO STDOUT (FORMAT csv)`` writes,
 plus OWASP formula escaping: CRLF line ends, a field quoted only when it
-holds the delimiter, a quote, CR or LF (quotes doubled), NULL as an empty
-unquoted field and the empty string as ``""``. Numbers, booleans and
-datetimes are written exactly and never escaped; only text can be a formula.
+holds the delimiter, a quote, CR or LF (quotes doubled) or is ``\.`` (which
+``COPY … FROM`` reads as the end of the data when it stands alone on a
+line), NULL as an empty unquoted field and the empty string as ``""``.
+Numbers, booleans and datetimes are written exactly and never escaped; only
+text can be a formula. A JSON column (:meth:`CSVFormat.rows`'s ``raw``) is
+its JSON text, quoted as needed but never formula-escaped.
 
 ``csv.writer`` cannot tell NULL from ``""`` before Python 3.12
 (``QUOTE_NOTNULL``), and at about 2 µs a row it alone would take longer than
@@ -42,7 +45,9 @@ BOM = "\ufeff"
 _SEPARATOR = "\x00"
 _FORMULA_AFTER_SEPARATOR = re.compile("\x00[=+\\-@\t\r]")
 # NULL → empty field, empty string → "" : one C-level dict lookup per value.
-_NULL_AND_EMPTY = {None: "", "": '""'}
+_NULL_AND_EMPTY = {None: "", "": '""', "\\.": '"\\."'}
+#: The end-of-data marker of PostgreSQL's COPY: quoted wherever it is a whole field.
+END_OF_DATA = "\\."
 _NONE_REPR = {"None": ""}
 _BOOLEANS = {True: "true", False: "false", None: ""}
 
@@ -86,13 +91,21 @@ _TEXTUAL: dict[type, Callable[[Any], str]] = {
 class CSVFormat:
     """How cells are written: the delimiter, and whether formulas are escaped."""
 
-    __slots__ = ("delimiter", "formula_escape", "_escape", "_quote")
+    __slots__ = ("delimiter", "formula_escape", "raw", "_escape", "_quote")
 
-    def __init__(self, delimiter: str = ",", *, formula_escape: bool = True) -> None:
+    def __init__(
+        self,
+        delimiter: str = ",",
+        *,
+        formula_escape: bool = True,
+        raw: frozenset[int] = frozenset(),
+    ) -> None:
         if delimiter not in DELIMITERS.values():
             raise ValueError(f"unsupported delimiter {delimiter!r}")
         self.delimiter = delimiter
         self.formula_escape = formula_escape
+        #: Positions of columns whose text is data (JSON), never a formula.
+        self.raw = raw
 
         # Closures over locals: these run once per value of the columns that need them.
         def escape(value: str | None) -> str | None:
@@ -101,7 +114,7 @@ class CSVFormat:
         def quote(value: str | None) -> str | None:
             if value and (delimiter in value or '"' in value or "\n" in value or "\r" in value):
                 return '"' + value.replace('"', '""') + '"'
-            return value
+            return '"\\."' if value == END_OF_DATA else value
 
         self._escape = escape
         self._quote = quote
@@ -116,10 +129,13 @@ class CSVFormat:
         """The CSV text of ``rows``, each line ended by CRLF."""
         if not rows:
             return ""
-        columns = [self._column(values) for values in zip(*rows, strict=True)]
+        columns = [
+            self._column(values, index in self.raw)
+            for index, values in enumerate(zip(*rows, strict=True))
+        ]
         return LINE_END.join(map(self.delimiter.join, zip(*columns, strict=True))) + LINE_END
 
-    def cell(self, value: Any) -> str:
+    def cell(self, value: Any, raw: bool = False) -> str:
         """One value as a field: the reference that :meth:`rows` agrees with."""
         if value is None:
             return ""
@@ -129,15 +145,18 @@ class CSVFormat:
         text = value if type(value) is str else _TEXTUAL.get(type(value), str)(value)
         if not text:
             return '""'
-        if self.formula_escape:
+        if self.formula_escape and not raw:
             text = self._escape(text) or text
         return self._quote(text) or text
 
-    def _column(self, values: tuple[Any, ...]) -> Iterable[str]:
+    def _raw_cell(self, value: Any) -> str:
+        return self.cell(value, True)
+
+    def _column(self, values: tuple[Any, ...], raw: bool = False) -> Iterable[str]:
         types = set(map(type, values))
         nulls = NoneType in types
         if types <= {str, NoneType}:
-            return self._text(values, nulls)
+            return self._text(values, nulls, raw)
         if types <= {int, float, NoneType}:
             if not nulls:
                 return map(repr, values)
@@ -149,19 +168,21 @@ class CSVFormat:
             plain = _PLAIN.get(types.pop())
             if plain is not None:
                 return map(plain, values)
-        return map(self.cell, values)
+        return map(self._raw_cell if raw else self.cell, values)
 
-    def _text(self, values: tuple[str | None, ...], nulls: bool) -> Iterable[str]:
+    def _text(self, values: tuple[str | None, ...], nulls: bool, raw: bool) -> Iterable[str]:
         joined = _SEPARATOR.join(filter(None, values) if nulls else values)  # type: ignore[arg-type]
         cells: Iterable[str | None] = values
-        if self.formula_escape and (
-            joined.startswith(FORMULA_STARTS) or _FORMULA_AFTER_SEPARATOR.search(joined)
+        if (
+            self.formula_escape
+            and not raw
+            and (joined.startswith(FORMULA_STARTS) or _FORMULA_AFTER_SEPARATOR.search(joined))
         ):
             cells = map(self._escape, cells)
         d = self.delimiter
         if d in joined or '"' in joined or "\n" in joined or "\r" in joined:
             cells = map(self._quote, cells)
-        if nulls or "" in values:
+        if nulls or "" in values or END_OF_DATA in values:
             cells = list(cells)
             return map(_NULL_AND_EMPTY.get, cells, cells)  # type: ignore[arg-type]
         return cells  # type: ignore[return-value]  # no None in it

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time as clock
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Column, MetaData, Table, inspect, type_coerce
@@ -27,6 +29,7 @@ from sqlalchemy.exc import NoSuchTableError, SAWarning
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from filesvc.config import ExportColumns
 from filesvc.models import StoredFile
 
 logger = logging.getLogger("filesvc.exports")
@@ -95,6 +98,11 @@ class DatasetColumn:
     def comparable(self) -> bool:
         return self.kind in COMPARABLE_KINDS
 
+    @property
+    def raw(self) -> bool:
+        """Whether its text is data to write as it is, never a formula (JSON)."""
+        return self.kind == "json"
+
 
 @dataclass(frozen=True, slots=True)
 class Dataset:
@@ -118,6 +126,10 @@ def _dataset_column(column: Column[Any], dialect: Dialect, *, lenient: bool) -> 
     output: ColumnElement[Any] = column
     if lenient:
         output = type_coerce(column, _LENIENT.get(kind, sqltypes.NullType())).label(column.name)
+    elif kind == "json":
+        # The JSON text as the database gives it: a JSON string keeps its quotes
+        # and JSON null is `null`, where decoding would make them text and NULL.
+        output = type_coerce(column, sqltypes.Text()).label(column.name)
     return DatasetColumn(
         name=column.name,
         kind=kind,
@@ -146,13 +158,30 @@ def files_dataset(dialect: Dialect) -> Dataset:
     )
 
 
-def table_dataset(name: str, table: Table, dialect: Dialect, *, is_view: bool) -> Dataset:
+def table_dataset(
+    name: str,
+    table: Table,
+    dialect: Dialect,
+    *,
+    is_view: bool,
+    policy: ExportColumns | None = None,
+) -> Dataset:
     # SQLite keeps whatever a writer stored, whatever the declared type: its
     # values are read as stored, dates and booleans parsed only where they parse.
     lenient = dialect.name == "sqlite"
-    columns = tuple(_dataset_column(c, dialect, lenient=lenient) for c in table.columns)
+    policy = policy or ExportColumns()
+    if policy.columns is not None:  # the allow-list's order is the export's order
+        by_table = {c.name: c for c in table.columns}
+        chosen = [by_table[n] for n in policy.columns if n in by_table]
+        for missing in sorted(set(policy.columns) - set(by_table)):
+            logger.warning("export table %r has no column %r to offer", name, missing)
+    else:
+        chosen = [c for c in table.columns if policy.allows(c.name)]
+    columns = tuple(_dataset_column(c, dialect, lenient=lenient) for c in chosen)
     by_name = {c.name: c for c in columns}
-    key = tuple(by_name[c.name] for c in table.primary_key.columns)
+    # A key with a left-out column is no key: ties are then broken by every column offered.
+    primary = [c.name for c in table.primary_key.columns]
+    key = tuple(by_name[n] for n in primary) if all(n in by_name for n in primary) else ()
     what = "View" if is_view else "Table"
     return Dataset(
         name=name,
@@ -194,6 +223,16 @@ class _LenientTime(_Lenient):
     parse = staticmethod(time.fromisoformat)
 
 
+class _LenientDecimal(sqltypes.TypeDecorator[Any]):
+    """SQLite keeps a NUMERIC as INTEGER or REAL: a REAL becomes the decimal it prints as."""
+
+    impl = sqltypes.NullType
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return Decimal(repr(value)) if type(value) is float and math.isfinite(value) else value
+
+
 class _LenientBoolean(sqltypes.TypeDecorator[Any]):
     impl = sqltypes.NullType
     cache_ok = True
@@ -207,7 +246,32 @@ _LENIENT: dict[str, sqltypes.TypeEngine[Any]] = {
     "date": _LenientDate(),
     "time": _LenientTime(),
     "boolean": _LenientBoolean(),
+    "decimal": _LenientDecimal(),
 }
+
+
+def sqlite_declared_type(declared: str) -> sqltypes.TypeEngine[Any] | None:
+    """The type a SQLite column's declared type name means, where its affinity says less.
+
+    SQLite keeps the declared name as written (``TIMESTAMP WITH TIME ZONE``,
+    ``JSONB``, ``BOOL``); SQLAlchemy knows only some names and falls back to
+    the affinity (NUMERIC) for the rest, which would make a timestamp a decimal.
+    """
+    name = declared.upper()
+    zoned = "WITH TIME ZONE" in name or "TIMESTAMPTZ" in name or name.startswith("TIMETZ")
+    if "TIMESTAMP" in name or "DATETIME" in name:
+        return sqltypes.DateTime(timezone=zoned)
+    if name.startswith("DATE"):
+        return sqltypes.Date()
+    if name.startswith("TIME"):
+        return sqltypes.Time(timezone=zoned)
+    if name.startswith("BOOL"):
+        return sqltypes.Boolean()
+    if name.startswith("JSON"):
+        return sqltypes.JSON()
+    if name.startswith("UUID"):
+        return sqltypes.Uuid()
+    return None
 
 
 class Catalog:
@@ -216,14 +280,15 @@ class Catalog:
     #: Seconds before configured tables that were missing are looked for again.
     missing_retry_seconds = 60.0
 
-    def __init__(self, tables: Sequence[str]) -> None:
-        names: list[str] = []
-        for name in tables:
-            if name == FILES:
-                logger.warning("export table %r ignored: %r is always offered", name, FILES)
-            elif name not in names:
-                names.append(name)
-        self.table_names = tuple(names)
+    def __init__(self, tables: Mapping[str, ExportColumns] | Sequence[str]) -> None:
+        policies = (
+            dict(tables) if isinstance(tables, Mapping) else {n: ExportColumns() for n in tables}
+        )
+        if FILES in policies:
+            logger.warning("export table %r ignored: %r is always offered", FILES, FILES)
+            del policies[FILES]
+        self.policies: dict[str, ExportColumns] = policies
+        self.table_names = tuple(policies)
         self._datasets: dict[str, Dataset] | None = None
         self._stale_at = 0.0
         self._lock = asyncio.Lock()
@@ -271,11 +336,31 @@ class Catalog:
         for name in self.table_names:
             schema, _, table_name = name.rpartition(".")
             # Types the dialect does not know are read as stored; say so once, in the log.
+            declared = (
+                _sqlite_declared(connection, schema, table_name)
+                if connection.dialect.name == "sqlite"
+                else {}
+            )
+
+            def retype(
+                _inspector: Any,
+                _table: Table,
+                info: dict[str, Any],
+                declared: dict[str, str] = declared,
+            ) -> None:
+                better = sqlite_declared_type(declared.get(info["name"], ""))
+                if better is not None:
+                    info["type"] = better
+
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", SAWarning)
                 try:
                     table = Table(
-                        table_name, metadata, schema=schema or None, autoload_with=connection
+                        table_name,
+                        metadata,
+                        schema=schema or None,
+                        autoload_with=connection,
+                        listeners=[("column_reflect", retype)],
                     )
                 except NoSuchTableError:
                     continue
@@ -283,6 +368,18 @@ class Catalog:
                 logger.warning("export table %r: %s", name, warning.message)
             views = inspector.get_view_names(schema=schema or None)
             found[name] = table_dataset(
-                name, table, connection.dialect, is_view=table_name in views
+                name,
+                table,
+                connection.dialect,
+                is_view=table_name in views,
+                policy=self.policies[name],
             )
         return found
+
+
+def _sqlite_declared(connection: Connection, schema: str, table: str) -> dict[str, str]:
+    """Column name → the type name as declared, from SQLite's own catalog."""
+    quote = connection.dialect.identifier_preparer.quote
+    prefix = f"{quote(schema)}." if schema else ""
+    rows = connection.exec_driver_sql(f"PRAGMA {prefix}table_xinfo({quote(table)})")
+    return {row[1]: row[2] or "" for row in rows}

@@ -42,6 +42,7 @@ from filesvc.errors import DatasetNotFound, ServiceUnavailable
 from filesvc.exports.csvformat import BOM, CSVFormat
 from filesvc.exports.datasets import Catalog, Dataset
 from filesvc.exports.query import ExportQuery, parse_query
+from filesvc.metrics import Metrics
 
 logger = logging.getLogger("filesvc.exports")
 
@@ -73,7 +74,11 @@ class ExportStream:
         self.rows = 0
         self._connection = connection
         self._result = result
-        self._format = CSVFormat(query.delimiter, formula_escape=query.formula_escape)
+        self._format = CSVFormat(
+            query.delimiter,
+            formula_escape=query.formula_escape,
+            raw=frozenset(i for i, c in enumerate(query.columns) if c.raw),
+        )
         self._on_close = on_close
         self._closed = False
 
@@ -182,30 +187,52 @@ class ExportStream:
 class Exporter:
     """What a process keeps for exports: the dataset catalog and the running exports."""
 
-    #: Exports one process runs at once; each holds a database connection throughout.
-    max_running = 8
-
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.catalog = Catalog(settings.export_tables)
+        #: Exports one process runs at once; each holds a database connection throughout.
+        self.max_running = settings.max_concurrent_exports
         self.running: set[ExportStream] = set()
         self._starting = 0
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.export_slots.set(self.max_running)
+
+    @property
+    def slots_in_use(self) -> int:
+        return len(self.running) + self._starting
+
+    def _slots_changed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.export_slots_in_use.set(self.slots_in_use)
+
+    def _closed(self, stream: ExportStream) -> None:
+        self.running.discard(stream)
+        self._slots_changed()
+
+    async def plan(
+        self, engine: AsyncEngine, name: str, params: Sequence[tuple[str, str]]
+    ) -> ExportQuery:
+        """The checked query of an export of dataset ``name`` (404, 400), without running it."""
+        dataset = await self.catalog.get(engine, name)
+        if dataset is None:
+            raise DatasetNotFound(f"There is no dataset named '{name}'.")
+        return parse_query(dataset, params, dialect=engine.dialect.name)
 
     async def open(
         self, engine: AsyncEngine, name: str, params: Sequence[tuple[str, str]]
     ) -> ExportStream:
         """A started export of dataset ``name``; 404, 400 or 503 before any CSV exists."""
-        dataset = await self.catalog.get(engine, name)
-        if dataset is None:
-            raise DatasetNotFound(f"There is no dataset named '{name}'.")
-        query = parse_query(dataset, params, dialect=engine.dialect.name)
-        if len(self.running) + self._starting >= self.max_running:
+        query = await self.plan(engine, name, params)
+        if self.slots_in_use >= self.max_running:
             raise ServiceUnavailable(
                 f"{self.max_running} exports are running already; try again shortly."
             )
         self._starting += 1  # holds its place while it connects
+        self._slots_changed()
         try:
-            stream = await ExportStream.open(engine, query, on_close=self.running.discard)
+            stream = await ExportStream.open(engine, query, on_close=self._closed)
+            self.running.add(stream)
         finally:
             self._starting -= 1
-        self.running.add(stream)
+            self._slots_changed()
         return stream
