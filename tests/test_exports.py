@@ -314,7 +314,7 @@ def big_server(make_settings: SettingsFactory, make_server: ServerFactory) -> Li
 
 
 def _running(server: LiveServer) -> Exporter:
-    exporter: Exporter = server.app.state.exporter
+    exporter: Exporter = server.app.state.resources.exporter
     return exporter
 
 
@@ -463,7 +463,7 @@ def test_a_missing_table_is_left_out_then_found_once_created(
 def test_too_many_exports_at_once_is_503(
     big_server: LiveServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(Exporter, "max_running", 1)
+    monkeypatch.setattr(_running(big_server), "max_running", 1)
     with httpx.Client(base_url=big_server.url, headers={"Accept-Encoding": "identity"}) as http:
         with http.stream("GET", "/api/v1/exports/big.csv") as response:
             chunks = response.iter_raw()  # kept: a dropped iterator closes the connection

@@ -1,4 +1,4 @@
-"""Rows → RFC 4180 CSV text, a batch at a time.
+r"""Rows → RFC 4180 CSV text, a batch at a time.
 
 The output is what PostgreSQL's ``COPY … TO STDOUT (FORMAT csv)`` writes,
 plus OWASP formula escaping: CRLF line ends, a field quoted only when it

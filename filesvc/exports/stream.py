@@ -41,6 +41,7 @@ from filesvc.config import Settings
 from filesvc.errors import DatasetNotFound, ServiceUnavailable
 from filesvc.exports.csvformat import BOM, CSVFormat
 from filesvc.exports.datasets import Catalog, Dataset
+from filesvc.exports.parquet import ParquetChunks
 from filesvc.exports.query import ExportQuery, parse_query
 from filesvc.metrics import Metrics
 
@@ -72,6 +73,8 @@ class ExportStream:
     ) -> None:
         self.query = query
         self.rows = 0
+        #: Rows the next read asks for (the first few, so that the first bytes leave at once).
+        self.batch_rows = self.first_batch_rows
         self._connection = connection
         self._result = result
         self._format = CSVFormat(
@@ -114,27 +117,51 @@ class ExportStream:
             head += self._format.header([c.name for c in self.query.columns])
         if head:
             yield self._encode(head, compressor)
+        async for rows in self.batches():
+            text = self._format.rows(rows)
+            if compressor is None:
+                chunk = text.encode("utf-8")
+            else:
+                chunk = await anyio.to_thread.run_sync(self._encode, text, compressor)
+            self.rows += len(rows)
+            yield chunk
+            self.batch_rows = max(
+                self.min_batch_rows,
+                min(self.max_batch_rows, len(rows) * self.chunk_bytes // max(len(text), 1)),
+            )
+        if compressor is not None:
+            yield compressor.flush()
+
+    async def parquet_chunks(self) -> AsyncGenerator[bytes, None]:
+        """The rows as a Parquet file: a row group's bytes as soon as it is full."""
+        writer = await anyio.to_thread.run_sync(
+            ParquetChunks, self.query.columns, self.dataset.name
+        )
+        head = writer.take()  # the file's magic number: the first bytes leave at once
+        if head:
+            yield head
+        async for rows in self.batches():
+            writer.add(rows)
+            self.rows += len(rows)
+            self.batch_rows = self.max_batch_rows
+            if writer.pending_rows >= writer.group_rows:
+                data = await anyio.to_thread.run_sync(writer.flush)
+                if data:
+                    yield data
+        yield await anyio.to_thread.run_sync(writer.close)
+
+    async def batches(self) -> AsyncGenerator[Sequence[Any], None]:
+        """The rows, a batch at a time; a batch holds :attr:`batch_rows` rows, read ahead."""
         result = self._result
-        size = self.first_batch_rows
         # The next batch is read while this one is formatted and sent: the
         # database's side of the work overlaps with ours.
-        reading = asyncio.ensure_future(result.fetchmany(size))
+        reading = asyncio.ensure_future(result.fetchmany(self.batch_rows))
         try:
             # Shielded: a cancelled export lets a read finish (see _settle) rather
             # than interrupt the driver mid-call, which would spoil the connection.
             while rows := await asyncio.shield(reading):
-                reading = asyncio.ensure_future(result.fetchmany(size))
-                text = self._format.rows(rows)
-                if compressor is None:
-                    chunk = text.encode("utf-8")
-                else:
-                    chunk = await anyio.to_thread.run_sync(self._encode, text, compressor)
-                self.rows += len(rows)
-                yield chunk
-                size = max(
-                    self.min_batch_rows,
-                    min(self.max_batch_rows, len(rows) * self.chunk_bytes // max(len(text), 1)),
-                )
+                reading = asyncio.ensure_future(result.fetchmany(self.batch_rows))
+                yield rows
         except Exception as exc:
             logger.warning(
                 "export of %s failed after %d rows: %s", self.dataset.name, self.rows, exc
@@ -142,8 +169,6 @@ class ExportStream:
             raise
         finally:
             await self._settle(reading)
-        if compressor is not None:
-            yield compressor.flush()
 
     async def _settle(self, reading: asyncio.Future[Any]) -> None:
         """Wait for a read in flight, for a while; then interrupt it."""

@@ -1,4 +1,8 @@
-"""CSV exports over HTTP: the dataset listing and the streamed download."""
+"""Exports over HTTP: the dataset listing and the streamed CSV and Parquet downloads.
+
+``HEAD`` on each answers the headers its ``GET`` would, after the same checks
+(404, 400), without running the query or taking an export slot.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,13 @@ from typing import Annotated, Any
 import anyio
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from filesvc.auth import require
 from filesvc.deps import ResourcesDep
 from filesvc.exports import Exporter, ExportStream, parse_query_string
+from filesvc.exports.parquet import MEDIA_TYPE as PARQUET_MEDIA_TYPE
 from filesvc.exports.query import MAX_FILTERS, OPERATORS
 from filesvc.metrics import Metrics
 from filesvc.schemas import error_responses
@@ -44,12 +49,9 @@ class DatasetList(BaseModel):
     datasets: list[DatasetOut]
 
 
-def get_exporter(request: Request) -> Exporter:
-    """The process's exporter, made on first use (its catalog reflects lazily)."""
-    exporter: Exporter | None = getattr(request.app.state, "exporter", None)
-    if exporter is None:
-        exporter = request.app.state.exporter = Exporter(request.app.state.resources.settings)
-    return exporter
+def get_exporter(resources: ResourcesDep) -> Exporter:
+    """The process's exporter, built in the lifespan (its catalog reflects on first use)."""
+    return resources.exporter
 
 
 ExporterDep = Annotated[Exporter, Depends(get_exporter)]
@@ -72,9 +74,34 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def attachment_name(dataset: str, moment: datetime) -> str:
+def attachment_name(dataset: str, moment: datetime, suffix: str = "csv") -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", dataset)
-    return f"{safe}-{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}.csv"
+    return f"{safe}-{moment.astimezone(UTC):%Y%m%dT%H%M%SZ}.{suffix}"
+
+
+CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
+
+
+def export_headers(dataset: str, suffix: str, *, gzip: bool) -> dict[str, str]:
+    """The headers of an export's answer (its GET and its HEAD)."""
+    name = attachment_name(dataset, datetime.now(UTC), suffix)
+    headers = {
+        "Content-Disposition": f'attachment; filename="{name}"',
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if suffix == "csv":
+        headers["Vary"] = "Accept-Encoding"
+    if gzip:
+        headers["Content-Encoding"] = "gzip"
+    return headers
+
+
+def head_response(headers: dict[str, str], media_type: str) -> Response:
+    """The answer to HEAD: the headers of the streamed GET, no body and no length."""
+    response = Response(status_code=200, headers=headers, media_type=media_type)
+    del response.headers["content-length"]  # the GET is chunked: its length is unknown
+    return response
 
 
 class CSVStreamResponse(StreamingResponse):
@@ -85,20 +112,25 @@ class CSVStreamResponse(StreamingResponse):
     sees an incomplete body, never a short file that looks whole.
     """
 
-    def __init__(self, export: ExportStream, *, gzip: bool, metrics: Metrics | None = None) -> None:
-        name = attachment_name(export.dataset.name, datetime.now(UTC))
-        headers = {
-            "Content-Disposition": f'attachment; filename="{name}"',
-            "Vary": "Accept-Encoding",
-            "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff",
-        }
-        if gzip:
-            headers["Content-Encoding"] = "gzip"
+    def __init__(
+        self,
+        export: ExportStream,
+        *,
+        gzip: bool = False,
+        metrics: Metrics | None = None,
+        parquet: bool = False,
+    ) -> None:
         self.export = export
         self.metrics = metrics
-        self.chunks = export.chunks(gzip=gzip)
-        super().__init__(self.chunks, headers=headers, media_type="text/csv")
+        if parquet:
+            headers = export_headers(export.dataset.name, "parquet", gzip=False)
+            self.chunks = export.parquet_chunks()
+            media_type = PARQUET_MEDIA_TYPE
+        else:
+            headers = export_headers(export.dataset.name, "csv", gzip=gzip)
+            self.chunks = export.chunks(gzip=gzip)
+            media_type = CSV_MEDIA_TYPE
+        super().__init__(self.chunks, headers=headers, media_type=media_type)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -187,6 +219,7 @@ unknown column, option or bad value 400. A failure after the first byte ends the
 connection without the final chunk. `Accept-Encoding: gzip` gets a gzip-coded stream."""
 
 
+@router.head("", include_in_schema=False)
 @router.get(
     "",
     response_model=DatasetList,
@@ -207,6 +240,13 @@ async def list_datasets(resources: ResourcesDep, exporter: ExporterDep) -> Datas
     )
 
 
+_PARQUET_DESCRIPTION = """The same rows as an Apache Parquet file, streamed a row group at a time:
+the same `columns`, `order_by`, `limit` and filters as the CSV; typed columns from the
+declared schema (integers, floats, decimals, text, booleans, timestamps in UTC, dates,
+JSON as text). No formula escaping: Parquet is typed."""
+
+
+@router.head("/{name}.csv", include_in_schema=False)
 @router.get(
     "/{name}.csv",
     summary="Export a dataset as CSV",
@@ -224,15 +264,44 @@ async def list_datasets(resources: ResourcesDep, exporter: ExporterDep) -> Datas
 )
 async def export_csv(
     name: str, request: Request, resources: ResourcesDep, exporter: ExporterDep
-) -> CSVStreamResponse:
+) -> Response:
+    return await _export(name, request, resources, exporter, parquet=False)
+
+
+@router.head("/{name}.parquet", include_in_schema=False)
+@router.get(
+    "/{name}.parquet",
+    summary="Export a dataset as Parquet",
+    description=_PARQUET_DESCRIPTION,
+    response_class=CSVStreamResponse,
+    status_code=200,
+    responses={
+        200: {
+            "description": "The Parquet file, streamed (chunked), a row group at a time.",
+            "content": {PARQUET_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **error_responses(400, 404, 503),
+    },
+    openapi_extra={"parameters": _CSV_PARAMETERS[:3]},
+)
+async def export_parquet(
+    name: str, request: Request, resources: ResourcesDep, exporter: ExporterDep
+) -> Response:
+    return await _export(name, request, resources, exporter, parquet=True)
+
+
+async def _export(
+    name: str, request: Request, resources: ResourcesDep, exporter: Exporter, *, parquet: bool
+) -> Response:
     params = parse_query_string(request.scope.get("query_string", b"").decode("latin-1"))
+    gzip = not parquet and accepts_gzip(request.headers.get("accept-encoding", ""))
+    if request.method == "HEAD":
+        query = await exporter.plan(resources.engine, name, params)
+        suffix, media_type = ("parquet", PARQUET_MEDIA_TYPE) if parquet else ("csv", CSV_MEDIA_TYPE)
+        return head_response(export_headers(query.dataset.name, suffix, gzip=gzip), media_type)
     export = await exporter.open(resources.engine, name, params)
     try:
-        return CSVStreamResponse(
-            export,
-            gzip=accepts_gzip(request.headers.get("accept-encoding", "")),
-            metrics=resources.metrics,
-        )
+        return CSVStreamResponse(export, gzip=gzip, metrics=resources.metrics, parquet=parquet)
     except BaseException:
         await export.aclose()
         raise
