@@ -327,7 +327,9 @@ def _export_backends(server: LiveServer) -> list[tuple[Any, ...]]:
     return query(
         server.settings,
         "SELECT pid, state, query FROM pg_stat_activity WHERE datname = current_database() "
-        "AND pid <> pg_backend_pid() AND (query LIKE '%FROM big%' AND state <> 'idle' "
+        # COPY's long SELECT list may be cut off (track_activity_query_size) before its FROM.
+        "AND pid <> pg_backend_pid() AND ((query LIKE '%FROM big%' OR query LIKE 'COPY (%big.%') "
+        "AND state <> 'idle' "
         "OR state LIKE 'idle in transaction%')",
     )
 
@@ -375,7 +377,7 @@ def _break_the_database(server: LiveServer) -> None:
             server.settings,
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND query LIKE '%FROM big%'",
+            "AND (query LIKE '%FROM big%' OR query LIKE 'COPY (%big.%')",
         )
 
 

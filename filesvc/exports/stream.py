@@ -42,6 +42,7 @@ from filesvc.errors import DatasetNotFound, ServiceUnavailable
 from filesvc.exports.csvformat import BOM, CSVFormat
 from filesvc.exports.datasets import Catalog, Dataset
 from filesvc.exports.parquet import ParquetChunks
+from filesvc.exports.pgcopy import CopyExport
 from filesvc.exports.query import ExportQuery, parse_query
 from filesvc.metrics import Metrics
 
@@ -69,7 +70,7 @@ class ExportStream:
         query: ExportQuery,
         connection: AsyncConnection,
         result: AsyncResult[Any],
-        on_close: Callable[[ExportStream], None] | None = None,
+        on_close: Callable[[Any], None] | None = None,
     ) -> None:
         self.query = query
         self.rows = 0
@@ -94,7 +95,7 @@ class ExportStream:
         cls,
         engine: AsyncEngine,
         query: ExportQuery,
-        on_close: Callable[[ExportStream], None] | None = None,
+        on_close: Callable[[Any], None] | None = None,
     ) -> ExportStream:
         """Connect and start the statement: a database that is down fails here, not mid-file."""
         connection = await engine.connect()
@@ -216,7 +217,9 @@ class Exporter:
         self.catalog = Catalog(settings.export_tables)
         #: Exports one process runs at once; each holds a database connection throughout.
         self.max_running = settings.max_concurrent_exports
-        self.running: set[ExportStream] = set()
+        self.running: set[AnyExport] = set()
+        #: Whether an export may take its dialect's fast path (off: always the row path).
+        self.fast_paths = True
         self._starting = 0
         self._metrics = metrics
         if metrics is not None:
@@ -230,7 +233,7 @@ class Exporter:
         if self._metrics is not None:
             self._metrics.export_slots_in_use.set(self.slots_in_use)
 
-    def _closed(self, stream: ExportStream) -> None:
+    def _closed(self, stream: Any) -> None:
         self.running.discard(stream)
         self._slots_changed()
 
@@ -244,8 +247,13 @@ class Exporter:
         return parse_query(dataset, params, dialect=engine.dialect.name)
 
     async def open(
-        self, engine: AsyncEngine, name: str, params: Sequence[tuple[str, str]]
-    ) -> ExportStream:
+        self,
+        engine: AsyncEngine,
+        name: str,
+        params: Sequence[tuple[str, str]],
+        *,
+        parquet: bool = False,
+    ) -> AnyExport:
         """A started export of dataset ``name``; 404, 400 or 503 before any CSV exists."""
         query = await self.plan(engine, name, params)
         if self.slots_in_use >= self.max_running:
@@ -255,9 +263,26 @@ class Exporter:
         self._starting += 1  # holds its place while it connects
         self._slots_changed()
         try:
-            stream = await ExportStream.open(engine, query, on_close=self._closed)
+            stream: AnyExport | None = None
+            if not parquet and self.fast_paths:
+                stream = await _fast_path(engine, query, self._closed)
+            if stream is None:
+                stream = await ExportStream.open(engine, query, on_close=self._closed)
             self.running.add(stream)
         finally:
             self._starting -= 1
             self._slots_changed()
         return stream
+
+
+#: A running export: the row path's stream, or a fast path's.
+AnyExport = ExportStream | CopyExport
+
+
+async def _fast_path(
+    engine: AsyncEngine, query: ExportQuery, on_close: Callable[[Any], None]
+) -> AnyExport | None:
+    """The dialect's fast path for ``query``, started; None when it cannot take it."""
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg":
+        return await CopyExport.open(engine, query, on_close)
+    return None

@@ -23,6 +23,7 @@ from filesvc.deps import ResourcesDep
 from filesvc.exports import Exporter, ExportStream, parse_query_string
 from filesvc.exports.parquet import MEDIA_TYPE as PARQUET_MEDIA_TYPE
 from filesvc.exports.query import MAX_FILTERS, OPERATORS
+from filesvc.exports.stream import AnyExport
 from filesvc.metrics import Metrics
 from filesvc.schemas import error_responses
 
@@ -114,7 +115,7 @@ class CSVStreamResponse(StreamingResponse):
 
     def __init__(
         self,
-        export: ExportStream,
+        export: AnyExport,
         *,
         gzip: bool = False,
         metrics: Metrics | None = None,
@@ -123,6 +124,7 @@ class CSVStreamResponse(StreamingResponse):
         self.export = export
         self.metrics = metrics
         if parquet:
+            assert isinstance(export, ExportStream)  # Parquet takes the row path
             headers = export_headers(export.dataset.name, "parquet", gzip=False)
             self.chunks = export.parquet_chunks()
             media_type = PARQUET_MEDIA_TYPE
@@ -299,7 +301,7 @@ async def _export(
         query = await exporter.plan(resources.engine, name, params)
         suffix, media_type = ("parquet", PARQUET_MEDIA_TYPE) if parquet else ("csv", CSV_MEDIA_TYPE)
         return head_response(export_headers(query.dataset.name, suffix, gzip=gzip), media_type)
-    export = await exporter.open(resources.engine, name, params)
+    export = await exporter.open(resources.engine, name, params, parquet=parquet)
     try:
         return CSVStreamResponse(export, gzip=gzip, metrics=resources.metrics, parquet=parquet)
     except BaseException:
