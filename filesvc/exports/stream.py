@@ -44,6 +44,7 @@ from filesvc.exports.datasets import Catalog, Dataset
 from filesvc.exports.parquet import ParquetChunks
 from filesvc.exports.pgcopy import CopyExport
 from filesvc.exports.query import ExportQuery, parse_query
+from filesvc.exports.sqlitearrow import ArrowExport
 from filesvc.metrics import Metrics
 
 logger = logging.getLogger("filesvc.exports")
@@ -276,7 +277,7 @@ class Exporter:
 
 
 #: A running export: the row path's stream, or a fast path's.
-AnyExport = ExportStream | CopyExport
+AnyExport = ExportStream | CopyExport | ArrowExport
 
 
 async def _fast_path(
@@ -285,4 +286,6 @@ async def _fast_path(
     """The dialect's fast path for ``query``, started; None when it cannot take it."""
     if engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg":
         return await CopyExport.open(engine, query, on_close)
+    if engine.dialect.name == "sqlite":
+        return await ArrowExport.open(engine, query, on_close)
     return None
