@@ -22,7 +22,7 @@ from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Column, MetaData, Table, inspect, type_coerce
+from sqlalchemy import Column, MetaData, Table, cast, inspect, type_coerce
 from sqlalchemy import types as sqltypes
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import NoSuchTableError, SAWarning
@@ -129,7 +129,8 @@ def _dataset_column(column: Column[Any], dialect: Dialect, *, lenient: bool) -> 
     elif kind == "json":
         # The JSON text as the database gives it: a JSON string keeps its quotes
         # and JSON null is `null`, where decoding would make them text and NULL.
-        output = type_coerce(column, sqltypes.Text()).label(column.name)
+        # A CAST in SQL: asyncpg would decode json/jsonb itself otherwise.
+        output = cast(column, sqltypes.Text()).label(column.name)
     return DatasetColumn(
         name=column.name,
         kind=kind,
