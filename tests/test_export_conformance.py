@@ -296,7 +296,7 @@ def test_duckdb_reads_every_value(
         )
         file = tmp_path / f"{delimiter}.csv"
         file.write_bytes(data)
-        relation = duckdb.sql(
+        relation = _relation(
             f"SELECT * FROM read_csv('{file}', header = true, all_varchar = true, "
             f"allow_quoted_nulls = false, delim = '{char}', quote = '\"', escape = '\"')"
         )
@@ -384,8 +384,14 @@ PARQUET_TYPES = {
 }
 
 
+def _relation(sql: str) -> duckdb.DuckDBPyRelation:
+    relation = duckdb.sql(sql)
+    assert relation is not None
+    return relation
+
+
 def _parquet_rows(table: pa.Table) -> list[dict[str, Any]]:
-    rows = table.to_pylist()
+    rows: list[dict[str, Any]] = table.to_pylist()
     for row in rows:
         row["doc"] = None if row["doc"] is None else json.loads(row["doc"])
         if row["num"] is not None:
@@ -419,7 +425,7 @@ def test_parquet_reads_back_with_the_declared_types(
     assert frame["big"].tolist()[1] == 2**62
     compare(_parquet_rows(pa.Table.from_pandas(frame, preserve_index=False)), dialect, COLUMNS)
 
-    relation = duckdb.sql(f"SELECT * FROM read_parquet('{file}') ORDER BY id")
+    relation = _relation(f"SELECT * FROM read_parquet('{file}') ORDER BY id")
     types = dict(zip(relation.columns, map(str, relation.types), strict=True))
     assert types["at"] == "TIMESTAMP WITH TIME ZONE"
     assert types["big"] == "BIGINT"
