@@ -26,12 +26,15 @@ UUIDs (stored as 32 hex digits), binary and other kinds; Parquet.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import zlib
 from collections.abc import AsyncGenerator, Callable
 from decimal import Decimal
 from typing import Any
 
+import adbc_driver_manager
+import adbc_driver_sqlite
 import anyio
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -46,6 +49,13 @@ from filesvc.exports.datasets import Dataset
 from filesvc.exports.query import ExportQuery
 
 logger = logging.getLogger("filesvc.exports")
+
+try:
+    # Arrow's allocator keeps freed pages for a while (for speed); an export frees
+    # a batch's worth every few milliseconds: hand them back at once, memory stays flat.
+    pa.jemalloc_set_decay_ms(0)
+except (NotImplementedError, pa.ArrowNotImplementedError):  # built without jemalloc
+    pass
 
 KINDS = frozenset({"integer", "float", "decimal", "text", "boolean", "date", "json"})
 _NUMERIC = frozenset({"integer", "float", "decimal"})
@@ -198,7 +208,7 @@ class ArrowExport:
         self._first = True
         self._arrow = ArrowFormat(query)
         self._format = CSVFormat(query.delimiter, formula_escape=query.formula_escape)
-        self._lock = anyio.Lock()
+        self._reading: asyncio.Future[pa.RecordBatch | None] | None = None
 
     @property
     def dataset(self) -> Dataset:
@@ -234,16 +244,14 @@ class ArrowExport:
             head += self._format.header([c.name for c in self.query.columns])
         if head:
             yield _compress(head.encode("utf-8"), compressor)
+        # The next batch is read (in C, no GIL) while this one is formatted (pyarrow
+        # kernels, no GIL): on two cores the slower of the two sets the pace.
+        self._reading = asyncio.ensure_future(anyio.to_thread.run_sync(self._read))
         try:
-            while True:
-                async with self._lock:  # aclose() waits for a batch in flight
-                    if self._closed:
-                        return
-                    step = await anyio.to_thread.run_sync(self._next, compressor)
-                if step is None:
-                    break
-                rows, chunk = step
-                self.rows += rows
+            while batch := await asyncio.shield(self._reading):
+                self._reading = asyncio.ensure_future(anyio.to_thread.run_sync(self._read))
+                chunk = await anyio.to_thread.run_sync(self._format_batch, batch, compressor)
+                self.rows += batch.num_rows
                 if chunk:
                     yield chunk
         except Exception as exc:
@@ -254,8 +262,10 @@ class ArrowExport:
         if compressor is not None:
             yield compressor.flush()
 
-    def _next(self, compressor: zlib._Compress | None) -> tuple[int, bytes] | None:
-        """Read and format one batch (in a worker thread); None at the end."""
+    def _read(self) -> pa.RecordBatch | None:
+        """The next batch (in a worker thread); None at the end."""
+        if self._closed:
+            return None
         try:
             batch = self._reader.read_next_batch()
         except StopIteration:
@@ -263,22 +273,30 @@ class ArrowExport:
         if self._first:
             self._first = False
             batch = batch.slice(1)  # the row of empty strings that fixed the types
+        return batch
+
+    def _format_batch(self, batch: pa.RecordBatch, compressor: zlib._Compress | None) -> bytes:
         if batch.num_rows == 0:
-            return 0, b""
-        return batch.num_rows, _compress(self._arrow.batch(batch), compressor)
+            return b""
+        return _compress(self._arrow.batch(batch), compressor)
 
     async def aclose(self) -> None:
         if self._closed:
             return
         if self._on_close is not None:
             self._on_close(self)
+        self._closed = True
         with anyio.CancelScope(shield=True):
-            async with self._lock:
-                self._closed = True
-                await anyio.to_thread.run_sync(self._release)
+            reading = self._reading
+            if reading is not None:  # a read in flight finishes first (it cannot be interrupted)
+                await asyncio.wait([reading])
+                if not reading.cancelled():
+                    reading.exception()  # retrieved: a failure was reported by chunks()
+            await anyio.to_thread.run_sync(self._release)
 
     def _release(self) -> None:
-        for close in (self._reader.close, self._cursor.close, self._connection.close):
+        database, connection = self._connection
+        for close in (self._reader.close, self._cursor.close, connection.close, database.close):
             try:
                 close()
             except Exception as exc:  # nothing left to release
@@ -286,25 +304,33 @@ class ArrowExport:
 
 
 def _start(path: str, sql: str, batch_rows: int) -> tuple[Any, Any, Any]:
-    """Open the database, run the statement, and its batch reader (in a worker thread)."""
-    import adbc_driver_sqlite.dbapi as adbc_sqlite
+    """Open the database, run the statement, and its batch reader (in a worker thread).
 
-    connection = adbc_sqlite.connect(path)
-    cursor = None
+    The driver manager's own objects, not its DB-API module: that one imports
+    pandas and polars where they are installed, 90 MiB for nothing here.
+    """
+    database = adbc_driver_sqlite.connect(path)
+    connection = statement = None
     try:
-        cursor = connection.cursor()
-        # As the service's own connections: wait for a writer rather than fail at once.
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.fetchall()
-        cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
-        cursor.execute(sql)
-        reader = cursor.fetch_record_batch()
+        connection = adbc_driver_manager.AdbcConnection(database)
+        pragma = adbc_driver_manager.AdbcStatement(connection)
+        try:
+            # As the service's own connections: wait for a writer rather than fail at once.
+            pragma.set_sql_query(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            pragma.execute_update()
+        finally:
+            pragma.close()
+        statement = adbc_driver_manager.AdbcStatement(connection)
+        statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
+        statement.set_sql_query(sql)
+        stream, _ = statement.execute_query()
+        reader = pa.RecordBatchReader._import_from_c(stream.address)
     except BaseException:
-        if cursor is not None:
-            cursor.close()
-        connection.close()
+        for handle in (statement, connection, database):
+            if handle is not None:
+                handle.close()
         raise
-    return connection, cursor, reader
+    return (database, connection), statement, reader
 
 
 def _compress(data: bytes, compressor: zlib._Compress | None) -> bytes:

@@ -32,7 +32,7 @@ import asyncio
 import logging
 import zlib
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import anyio
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncResult
@@ -41,11 +41,14 @@ from filesvc.config import Settings
 from filesvc.errors import DatasetNotFound, ServiceUnavailable
 from filesvc.exports.csvformat import BOM, CSVFormat
 from filesvc.exports.datasets import Catalog, Dataset
-from filesvc.exports.parquet import ParquetChunks
 from filesvc.exports.pgcopy import CopyExport
 from filesvc.exports.query import ExportQuery, parse_query
-from filesvc.exports.sqlitearrow import ArrowExport
 from filesvc.metrics import Metrics
+
+if TYPE_CHECKING:
+    # Imported when first used: pyarrow's libraries are some 70 MiB of a process's
+    # memory, which a service that never exports need not hold.
+    from filesvc.exports.sqlitearrow import ArrowExport
 
 logger = logging.getLogger("filesvc.exports")
 
@@ -136,6 +139,8 @@ class ExportStream:
 
     async def parquet_chunks(self) -> AsyncGenerator[bytes, None]:
         """The rows as a Parquet file: a row group's bytes as soon as it is full."""
+        from filesvc.exports.parquet import ParquetChunks
+
         writer = await anyio.to_thread.run_sync(
             ParquetChunks, self.query.columns, self.dataset.name
         )
@@ -220,7 +225,7 @@ class Exporter:
         self.max_running = settings.max_concurrent_exports
         self.running: set[AnyExport] = set()
         #: Whether an export may take its dialect's fast path (off: always the row path).
-        self.fast_paths = True
+        self.fast_paths = settings.export_fast_paths
         self._starting = 0
         self._metrics = metrics
         if metrics is not None:
@@ -277,7 +282,7 @@ class Exporter:
 
 
 #: A running export: the row path's stream, or a fast path's.
-AnyExport = ExportStream | CopyExport | ArrowExport
+AnyExport: TypeAlias = "ExportStream | CopyExport | ArrowExport"
 
 
 async def _fast_path(
@@ -287,5 +292,7 @@ async def _fast_path(
     if engine.dialect.name == "postgresql" and engine.dialect.driver == "asyncpg":
         return await CopyExport.open(engine, query, on_close)
     if engine.dialect.name == "sqlite":
+        from filesvc.exports.sqlitearrow import ArrowExport
+
         return await ArrowExport.open(engine, query, on_close)
     return None

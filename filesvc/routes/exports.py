@@ -21,7 +21,6 @@ from starlette.types import Receive, Scope, Send
 from filesvc.auth import require
 from filesvc.deps import ResourcesDep
 from filesvc.exports import Exporter, ExportStream, parse_query_string
-from filesvc.exports.parquet import MEDIA_TYPE as PARQUET_MEDIA_TYPE
 from filesvc.exports.query import MAX_FILTERS, OPERATORS
 from filesvc.exports.stream import AnyExport
 from filesvc.metrics import Metrics
@@ -81,6 +80,7 @@ def attachment_name(dataset: str, moment: datetime, suffix: str = "csv") -> str:
 
 
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
+PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 
 
 def export_headers(dataset: str, suffix: str, *, gzip: bool) -> dict[str, str]:
