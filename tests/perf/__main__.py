@@ -19,7 +19,10 @@ from tests.perf.report import Report
 #: Scenario name → module (each has ``run(bench)``) and the target it checks, for skips.
 SCENARIOS = {
     "upload": ("tests.perf.uploads", "upload throughput against nginx and UploadFile"),
-    "export": ("tests.perf.exports", "1 M-row CSV export against sqlite3 -csv and Datasette"),
+    "export": (
+        "tests.perf.exports",
+        "1 M-row CSV export against sqlite3 -csv and Datasette, and against psql \\copy",
+    ),
     "static": ("tests.perf.static", "static GETs against nginx and Starlette StaticFiles"),
     "responsiveness": ("tests.perf.responsiveness", "/healthz p99 < 50 ms under load"),
     "variants": (
