@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import zlib
 from collections.abc import AsyncGenerator, Callable
 from decimal import Decimal
@@ -116,6 +117,12 @@ class ArrowFormat:
                 null_replacement="",
             )
         lines = pc.binary_join_element_wise(lines, "", "\r\n")
+        try:
+            # The driver does not check that text is UTF-8 (SQLite lets a writer
+            # store any bytes as TEXT); the row path's driver fails on such a value.
+            lines.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise sqlite3.OperationalError(f"Could not decode to UTF-8: {exc}") from exc
         return _data(lines)
 
     def _column(self, array: pa.Array, kind: str) -> pa.Array:
