@@ -23,6 +23,10 @@ SCENARIOS = {
         "tests.perf.exports",
         "1 M-row CSV export against sqlite3 -csv and Datasette, and against psql \\copy",
     ),
+    "export-postgres": (
+        "tests.perf.exports_postgres",
+        "1 M-row CSV export from PostgreSQL against psql \\copy (part of export)",
+    ),
     "static": ("tests.perf.static", "static GETs against nginx and Starlette StaticFiles"),
     "responsiveness": ("tests.perf.responsiveness", "/healthz p99 < 50 ms under load"),
     "variants": (

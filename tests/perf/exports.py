@@ -53,7 +53,7 @@ CREATE TABLE {table} (
     digest text NOT NULL
 );
 INSERT INTO {table}
-SELECT x, 'item ' || x, 'category-' || (x % 37), (x * 7919) % 100000,
+SELECT x, 'item ' || x, 'category-' || (x % 37), (x::bigint * 7919) % 100000,
     round(((x % 100000) * 0.37)::numeric, 2)::double precision,
     to_timestamp(1600000000 + x * 31),
     CASE x % 10 WHEN 0 THEN 'says "hi", twice' WHEN 1 THEN NULL ELSE 'note ' || (x % 1000) END,
