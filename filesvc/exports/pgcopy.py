@@ -25,7 +25,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import anyio
-from sqlalchemy import Text, case, cast, func, literal, select
+from sqlalchemy import Float, Text, case, cast, func, literal, select
 from sqlalchemy.exc import CompileError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
@@ -54,12 +54,11 @@ def _rendered(column: DatasetColumn, formula_escape: bool) -> ColumnElement[Any]
     if kind == "boolean":
         rendered: ColumnElement[Any] = case((sql.is_(True), "true"), (sql.is_(False), "false"))
     elif kind == "datetime":
+        # One to_char with microseconds; ".000000" (the only place it can be) is cut,
+        # as Python's isoformat leaves a whole second without a fraction.
         moment = func.timezone("UTC", sql) if column.aware else sql
-        zone = '"Z"' if column.aware else ""
-        whole = func.date_trunc("second", sql) == sql
-        rendered = func.to_char(
-            moment, case((whole, literal(_ISO + zone)), else_=literal(_ISO + ".US" + zone))
-        )
+        iso = func.replace(func.to_char(moment, literal(_ISO + ".US")), ".000000", "")
+        rendered = iso + "Z" if column.aware else iso
     elif kind == "date":
         rendered = func.to_char(sql, "YYYY-MM-DD")
     elif kind in {"json", "uuid"}:
@@ -75,7 +74,8 @@ def _rendered(column: DatasetColumn, formula_escape: bool) -> ColumnElement[Any]
         # PostgreSQL writes the shortest exact text, as Python does, but a whole
         # number without ".0": added, so that both paths agree and readers see floats.
         text = cast(sql, Text)
-        whole = (sql == func.trunc(sql)) & (func.abs(sql) < 1e15)
+        # A float literal: a numeric one would convert every value to numeric.
+        whole = (sql == func.trunc(sql)) & (func.abs(sql) < cast(literal(1e15), Float()))
         rendered = case((whole, text + ".0"), else_=text)
     else:  # integers and numeric: PostgreSQL's own text is exact (numeric: never an exponent)
         rendered = sql
