@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import IO
@@ -120,6 +121,23 @@ async def write_export(
         await engine.dispose()
 
 
+_FILE_MODE = 0o666
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """The ``export`` command; its exit code."""
     try:
@@ -131,11 +149,18 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             )
             return EXIT_OK
         target = Path(args.output)
-        partial = target.with_name(f".{target.name}.part")
+        # A random name, created exclusively: a predictable one could be a
+        # symlink planted by someone else that the export would write through.
+        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+        partial = Path(name)
         try:
-            with partial.open("wb") as out:
+            os.fchmod(fd, _FILE_MODE & ~_umask())  # what a plain open() would have made
+            with os.fdopen(fd, "wb") as out:
                 asyncio.run(write_export(settings, args.name, params, out, parquet=parquet))
+                out.flush()
+                os.fsync(out.fileno())  # the bytes are on disk before the name is
             os.replace(partial, target)
+            _fsync_dir(target.parent)  # and the rename survives a crash too
         finally:
             partial.unlink(missing_ok=True)  # a failed export leaves no file behind
         return EXIT_OK
