@@ -32,6 +32,7 @@ from PIL import Image, ImageFile
 
 from filesvc.decoding import MMAP_THRESHOLD_BYTES, DecodeBudget, bitmap_bytes
 from filesvc.errors import FilesvcError, InvalidContent
+from filesvc.forwardstream import ForwardStream
 from filesvc.screening import (
     HEAD_BYTES,
     JpegScreen,
@@ -63,81 +64,6 @@ class _QueueSource:
         while not self._ended:
             if self._chunks.get() is None:
                 self._ended = True
-
-
-class _ForwardStream(io.RawIOBase):
-    """A readable stream over chunks; seeks back only into the head."""
-
-    head_size = HEAD_BYTES
-    #: Consumed bytes kept before they are trimmed from the window.
-    trim_bytes = 1024 * 1024
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._head = bytearray()
-        self._window = bytearray()  # bytes [window_start, received)
-        self._window_start = 0
-        self._received = 0
-        self._pos = 0
-        self._eof = False
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            target = offset
-        elif whence == io.SEEK_CUR:
-            target = self._pos + offset
-        else:
-            while self._pull():
-                pass
-            target = self._received + offset
-        if target < 0:
-            raise OSError("negative seek")
-        self._pos = target
-        return target
-
-    def _pull(self) -> bool:
-        chunk = b""
-        while not chunk:  # screens may pass on empty pieces
-            if self._eof:
-                return False
-            next_chunk = next(self._chunks, None)
-            if next_chunk is None:
-                self._eof = True
-                return False
-            chunk = next_chunk
-        if self._received < self.head_size:
-            self._head += chunk[: self.head_size - self._received]
-        self._window += chunk
-        self._received += len(chunk)
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while self._received <= self._pos and self._pull():
-            pass
-        want = len(buffer)
-        if self._pos < len(self._head):
-            data = self._head[self._pos : self._pos + want]
-        else:
-            start = self._pos - self._window_start
-            if start < 0:
-                raise OSError("the image decoder seeked back past the retained head")
-            data = self._window[start : start + want]
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        consumed = self._pos - self._window_start
-        if consumed > self.trim_bytes and self._pos >= self.head_size:
-            del self._window[:consumed]
-            self._window_start = self._pos
-        return len(data)
 
 
 def _open(fp: IO[bytes], pillow_format: str) -> ImageFile.ImageFile:
@@ -177,7 +103,7 @@ class ImageProbe:
     def _run(self) -> None:
         source = _QueueSource(self._chunks)
         screen = screen_for(self._format)
-        stream = _ForwardStream(screen.run(iter(source)))
+        stream = ForwardStream(screen.run(iter(source)), head_size=HEAD_BYTES, keep_behind=0)
         try:
             reader = io.BufferedReader(stream, buffer_size=64 * 1024)
             if isinstance(screen, WebpScreen):

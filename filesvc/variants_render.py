@@ -33,6 +33,7 @@ from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError, fe
 
 from filesvc.decoding import DecodeBudget
 from filesvc.errors import InvalidContent
+from filesvc.forwardstream import ForwardStream
 from filesvc.sniffing import PILLOW_FORMATS
 from filesvc.variants import VariantSpec
 
@@ -75,82 +76,23 @@ class Rendered:
     height: int
 
 
-class ForwardSource(io.RawIOBase):
+class ForwardSource(ForwardStream):
     """A readable, seekable view of chunks that arrive in order from ``pull``.
 
     ``pull`` returns the next chunk, ``b""`` at the end. The first
     :attr:`head_size` bytes are kept (decoders re-read headers), and so is
-    everything from :attr:`window_bytes` behind the read position onwards;
-    a seek further back is an error. Seeking forward reads ahead.
+    everything from :attr:`window_bytes` behind the read position onwards
+    (all of it with ``keep_all``); a seek further back is an error.
     """
 
-    head_size = 256 * 1024
     window_bytes = 1024 * 1024
 
     def __init__(self, pull: Callable[[], bytes], *, keep_all: bool = False) -> None:
-        self._pull_chunk = pull
-        self._keep_all = keep_all
-        self._head = bytearray()
-        self._window = bytearray()
-        self._window_start = 0
-        self._received = 0
-        self._pos = 0
-        self._eof = False
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            target = offset
-        elif whence == io.SEEK_CUR:
-            target = self._pos + offset
-        else:
-            while self._pull():
-                pass
-            target = self._received + offset
-        if target < 0:
-            raise OSError("negative seek")
-        self._pos = target
-        return target
-
-    def _pull(self) -> bool:
-        if self._eof:
-            return False
-        chunk = self._pull_chunk()
-        if not chunk:
-            self._eof = True
-            return False
-        if self._received < self.head_size:
-            self._head += chunk[: self.head_size - self._received]
-        self._window += chunk
-        self._received += len(chunk)
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while self._received <= self._pos and self._pull():
-            pass
-        want = len(buffer)
-        if self._pos + want <= len(self._head):
-            data = self._head[self._pos : self._pos + want]
-        else:
-            start = self._pos - self._window_start
-            if start < 0:
-                raise OSError("the image decoder seeked back past the kept window")
-            data = self._window[start : start + want]
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        behind = self._pos - self._window_start - self.window_bytes
-        if behind > self.window_bytes and not self._keep_all:  # trim in large steps
-            del self._window[:behind]
-            self._window_start += behind
-        return len(data)
+        super().__init__(
+            iter(pull, b""),
+            head_size=256 * 1024,
+            keep_behind=None if keep_all else self.window_bytes,
+        )
 
 
 def _scaled(size: tuple[int, int], spec: VariantSpec) -> tuple[tuple[int, int], tuple[int, int]]:
