@@ -8,10 +8,19 @@ is missing; under ``CI=true`` they fail (see ``require`` in conftest).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, ViewportSize
+import pytest
+from playwright.sync_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    Playwright,
+    ViewportSize,
+    sync_playwright,
+)
 
 from tests.conftest import require
 
@@ -62,6 +71,15 @@ def launch(playwright: Playwright) -> Browser:
         "the web page's browser tests cannot run",
     )
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
+@pytest.fixture(scope="module", name="browser")
+def chromium() -> Iterator[Browser]:
+    """One chromium per test module; a module gets it by importing ``chromium``."""
+    with sync_playwright() as playwright:
+        launched = launch(playwright)
+        yield launched
+        launched.close()
 
 
 def watch(page: Page) -> PageWatch:

@@ -18,39 +18,21 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image, ImageOps
-from playwright.sync_api import Browser, FilePayload, Page, sync_playwright
+from playwright.sync_api import Browser, FilePayload, Page
 
-from tests.browser import DESKTOP, PHONE, PageWatch, launch, screenshot, watch
+from tests.browser import DESKTOP, PHONE, PageWatch, chromium, screenshot, watch  # noqa: F401
 from tests.conftest import ServerFactory
 from tests.images import make_image
 from tests.servers import LiveServer
 from tests.waiting import wait_until
 
-pytestmark = pytest.mark.browser
+# The page does not care which database is behind the API (SQLite only), nor
+# which storage: local disk, whose directory the tests can look into.
+pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
 ALL_SCOPES = ["files:write", "files:read", "exports:read"]
 #: Bytes per second the browser may send in the cancel test, so it can be caught mid-way.
 THROTTLED_UPLOAD_BYTES_PER_SECOND = 200_000
-
-
-@pytest.fixture
-def database_url() -> str:
-    """The page does not care which database is behind the API: SQLite only."""
-    return ""
-
-
-@pytest.fixture
-def storage_backend() -> str:
-    """Nor which storage: local disk, whose directory the tests can look into."""
-    return "local"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = launch(playwright)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

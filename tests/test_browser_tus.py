@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Request, Route, sync_playwright
+from playwright.sync_api import Browser, Request, Route
 
-from tests.browser import DESKTOP, launch, watch
+from tests.browser import DESKTOP, chromium, watch  # noqa: F401
 from tests.conftest import ServerFactory
 from tests.tus import MiB
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
 CHUNK = 512 * 1024
 #: PATCHes let through before the network goes.
@@ -59,24 +58,6 @@ document.getElementById("file").addEventListener("change", async (event) => {
 });
 </script>
 """.replace("CHUNK_SIZE", str(CHUNK))
-
-
-@pytest.fixture
-def database_url() -> str:
-    return ""
-
-
-@pytest.fixture
-def storage_backend() -> str:
-    return "local"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = launch(playwright)
-        yield launched
-        launched.close()
 
 
 def test_tus_js_client_resumes_after_a_cut_and_a_reload(

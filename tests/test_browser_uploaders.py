@@ -25,14 +25,14 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, FilePayload, Page, sync_playwright
+from playwright.sync_api import Browser, FilePayload, Page
 
-from tests.browser import DESKTOP, PageWatch, launch, watch
+from tests.browser import DESKTOP, PageWatch, chromium, watch  # noqa: F401
 from tests.conftest import ServerFactory, require
 from tests.images import make_image
 from tests.servers import LiveServer
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.embedded]
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_MODULES = ROOT / "tests" / "js" / "node_modules"
@@ -48,16 +48,6 @@ ASSETS = {
     "filepond": ["filepond/dist/filepond.min.js", "filepond/dist/filepond.min.css"],
 }
 NOT_AN_IMAGE = b"plain text, whatever the name says\n" * 10
-
-
-@pytest.fixture
-def database_url() -> str:
-    return ""
-
-
-@pytest.fixture
-def storage_backend() -> str:
-    return "local"
 
 
 def recipe(name: str) -> str:
@@ -121,14 +111,6 @@ def origin(tmp_path: Path) -> Iterator[OtherOrigin]:
 @pytest.fixture
 def service(make_server: ServerFactory, origin: OtherOrigin) -> LiveServer:
     return make_server(cors_origins=[origin.url], api_keys={KEY: ["files:write", "files:read"]})
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = launch(playwright)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -14,17 +14,12 @@ from tests.tus import TUS, MiB, created, expire, offset_of, patch, pdf, upload_i
 
 PART = 5 * MiB
 
-pytestmark = pytest.mark.s3
-
-
-@pytest.fixture
-def storage_backend() -> str:
-    return "s3"
-
-
-@pytest.fixture
-def database_url() -> str:
-    return ""
+# S3 only, on SQLite: the PostgreSQL paths do not change with the storage.
+pytestmark = [
+    pytest.mark.s3,
+    pytest.mark.sqlite_only,
+    pytest.mark.parametrize("storage_backend", ["s3"]),
+]
 
 
 @pytest.fixture

@@ -24,17 +24,12 @@ from tests.waiting import wait_until
 MiB = 1024 * 1024
 PART = 5 * MiB
 
-pytestmark = pytest.mark.s3
-
-
-@pytest.fixture
-def storage_backend() -> str:
-    return "s3"
-
-
-@pytest.fixture
-def database_url() -> str:
-    return ""  # SQLite: the PostgreSQL paths do not change with the storage
+# S3 only, on SQLite: the PostgreSQL paths do not change with the storage.
+pytestmark = [
+    pytest.mark.s3,
+    pytest.mark.sqlite_only,
+    pytest.mark.parametrize("storage_backend", ["s3"]),
+]
 
 
 def pdf(size: int, seed: int = 0) -> Iterator[bytes]:
