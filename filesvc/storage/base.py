@@ -41,11 +41,9 @@ class StoredObject:
     modified: float | None = None
 
 
-class StorageWriter(ABC):
-    """Receives one object's bytes in order; nothing is visible before commit."""
+class ChunkWriter(ABC):
+    """Takes bytes in order: a one-shot upload's object, or one request of a resumable one."""
 
-    #: Set by :meth:`commit` once the object is stored.
-    committed: bool = False
     #: Whether :meth:`write_blocking` may be called from a worker thread instead
     #: of awaiting :meth:`write`: the upload pipeline then hashes and writes a
     #: chunk in one thread hop instead of two.
@@ -57,6 +55,13 @@ class StorageWriter(ABC):
     def write_blocking(self, data: bytes) -> None:
         """Write from a worker thread; only where :attr:`writes_in_thread` says so."""
         raise NotImplementedError
+
+
+class StorageWriter(ChunkWriter):
+    """Receives one object's bytes in order; nothing is visible before commit."""
+
+    #: Set by :meth:`commit` once the object is stored.
+    committed: bool = False
 
     @abstractmethod
     async def commit(self) -> None:

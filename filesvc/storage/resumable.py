@@ -19,6 +19,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
+from filesvc.storage.base import ChunkWriter
+
 State = dict[str, Any]
 
 #: Prefix of every storage key a resumable upload uses: S3's start-up sweep of
@@ -31,18 +33,8 @@ class UploadLost(Exception):
     """The stored bytes of an upload are gone or shorter than its recorded offset."""
 
 
-class Appender(ABC):
+class Appender(ChunkWriter):
     """Appends one request's bytes to an upload."""
-
-    #: Whether :meth:`write_blocking` may be called from a worker thread instead of
-    #: awaiting :meth:`write` (saves a thread hand-off per chunk).
-    writes_in_thread: bool = False
-
-    @abstractmethod
-    async def write(self, data: bytes) -> None: ...
-
-    def write_blocking(self, data: bytes) -> None:
-        raise NotImplementedError
 
     @abstractmethod
     async def persist(self) -> State:
