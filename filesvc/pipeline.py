@@ -269,6 +269,23 @@ class FileReceiver:
         )
 
 
+async def recorded_ids(
+    sessions: async_sessionmaker[AsyncSession], ids: Sequence[str]
+) -> set[str] | None:
+    """Which of ``ids`` have a row, after a commit failed in flight; None when unknown.
+
+    The commit may have landed before its answer was lost: bytes may go only for
+    rows known to be absent, and stay (for `filesvc check`) when the database
+    cannot say.
+    """
+    try:
+        async with sessions() as session:
+            return await crud.existing_ids(session, ids)
+    except Exception:
+        logger.warning("a commit failed in flight and cannot be checked: bytes kept")
+        return None
+
+
 class UploadPipeline:
     """Turns request bodies into recorded files: all of them, or none and no bytes."""
 
@@ -422,12 +439,10 @@ class UploadPipeline:
                 return await crud.add_files(session, files)
         except crud.CommitOutcomeUnknown as exc:
             with anyio.CancelScope(shield=True):
-                try:
-                    async with self._sessions() as session:
-                        present = await crud.existing_ids(session, [r.id for r in files])
-                except Exception:
-                    logger.warning("a commit failed in flight and cannot be checked: bytes kept")
-                    present = {r.id for r in files}
+                ids = [r.id for r in files]
+                present = await recorded_ids(self._sessions, ids)
+                if present is None:
+                    present = set(ids)
                 await self.discard([r for r in files if r.id not in present])
             if exc.__cause__ is not None:
                 raise exc.__cause__ from None

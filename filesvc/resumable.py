@@ -52,6 +52,7 @@ from filesvc.pipeline import (
     new_file_id,
     parse_sha256_hex,
     parse_visibility,
+    recorded_ids,
     sanitize_filename,
 )
 from filesvc.sniffing import RASTER_IMAGE_TYPES, SNIFF_BYTES
@@ -572,12 +573,8 @@ class _Append:
 
     async def _recorded(self) -> bool | None:
         """Whether the file's row exists; None when the database cannot say."""
-        try:
-            async with self.uploads.sessions() as session:
-                return bool(await crud.existing_ids(session, [self.row.id]))
-        except Exception:
-            logger.warning("a commit failed in flight and cannot be checked: bytes kept")
-            return None
+        present = await recorded_ids(self.uploads.sessions, [self.row.id])
+        return None if present is None else bool(present)
 
     async def _swap_rows(self, sha256: str, width: int | None, height: int | None) -> StoredFile:
         row = self.row
