@@ -157,6 +157,29 @@ def without_uppy_log(tab: PageWatch, message: str) -> None:
     ]
 
 
+def open_refusing(
+    tab: PageWatch,
+    service: LiveServer,
+    origin: OtherOrigin,
+    name: str,
+    path: str = "/api/v1/files",
+) -> tuple[Page, str, list[str]]:
+    """Recipe ``name``'s page, the service's message for a non-image, and the
+    methods of the requests the page sends to ``path``."""
+    message = refusal(service)
+    page = tab.page
+    sent = upload_requests(page, service, path)
+    page.goto(origin.publish(name, service))
+    return page, message, sent
+
+
+def assert_refused(tab: PageWatch, service: LiveServer, message: str) -> None:
+    """Nothing stored, and no console error but the refusal's own (and Uppy's log of it)."""
+    assert stored(service) == []
+    without_uppy_log(tab, message)
+    tab.assert_no_errors(415)
+
+
 def png(name: str) -> FilePayload:
     return {"name": name, "mimeType": "image/png", "buffer": make_image()}
 
@@ -173,81 +196,86 @@ def uppy_add_and_upload(page: Page, file: FilePayload) -> None:
     page.get_by_role("button", name=re.compile(r"^Upload \d+ file")).click()
 
 
-def test_uppy_xhr_upload(tab: PageWatch, service: LiveServer, origin: OtherOrigin) -> None:
+@pytest.mark.parametrize(
+    ("name", "filename"), [("uppy-xhr", "uppy.png"), ("uppy-tus", "resumable.png")]
+)
+def test_uppy_upload(
+    tab: PageWatch, service: LiveServer, origin: OtherOrigin, name: str, filename: str
+) -> None:
+    """XHRUpload to /api/v1/files, or Tus to /api/v1/uploads (issue 18)."""
     page = tab.page
-    page.goto(origin.publish("uppy-xhr", service))
-    uppy_add_and_upload(page, png("uppy.png"))
+    page.goto(origin.publish(name, service))
+    uppy_add_and_upload(page, png(filename))
     page.get_by_text("Complete", exact=True).wait_for()
-    assert stored(service) == ["uppy.png"]
+    assert stored(service) == [filename]
     tab.assert_no_errors()
 
 
 def test_uppy_xhr_shows_our_message_and_never_retries_a_4xx(
     tab: PageWatch, service: LiveServer, origin: OtherOrigin
 ) -> None:
-    message = refusal(service)
-    page = tab.page
-    posts = upload_requests(page, service, "/api/v1/files")
-    page.goto(origin.publish("uppy-xhr", service))
+    page, message, posts = open_refusing(tab, service, origin, "uppy-xhr")
     uppy_add_and_upload(page, text_as_png("notes.png"))
     # The Dashboard puts the reason on the failed file's "?" (its tooltip and name).
     page.get_by_role("button", name=message, exact=True).wait_for()
     assert "network error" not in page.inner_text("body").lower()
     page.wait_for_timeout(2000)  # Uppy's retries would all have come within 1.2 s
     assert [m for m in posts if m == "POST"] == ["POST"]
-    assert stored(service) == []
-    without_uppy_log(tab, message)
-    tab.assert_no_errors(415)
-
-
-def test_uppy_tus_upload(tab: PageWatch, service: LiveServer, origin: OtherOrigin) -> None:
-    """Needs tus at /api/v1/uploads (issue 18, the tus branch)."""
-    page = tab.page
-    page.goto(origin.publish("uppy-tus", service))
-    uppy_add_and_upload(page, png("resumable.png"))
-    page.get_by_text("Complete", exact=True).wait_for()
-    assert stored(service) == ["resumable.png"]
-    tab.assert_no_errors()
+    assert_refused(tab, service, message)
 
 
 def test_uppy_tus_shows_our_message_and_never_retries_a_4xx(
     tab: PageWatch, service: LiveServer, origin: OtherOrigin
 ) -> None:
     """Needs tus at /api/v1/uploads (issue 18): 415 from the first bytes of a PATCH."""
-    message = refusal(service)
-    page = tab.page
-    sent = upload_requests(page, service, "/api/v1/uploads")
-    page.goto(origin.publish("uppy-tus", service))
+    page, message, sent = open_refusing(tab, service, origin, "uppy-tus", "/api/v1/uploads")
     uppy_add_and_upload(page, text_as_png("notes.png"))
     page.get_by_role("button", name=message, exact=True).wait_for()
     page.wait_for_timeout(2000)
     # One creation (with the bytes, or then one PATCH): no retry of the refusal.
     assert sent.count("POST") == 1
     assert sent.count("PATCH") <= 1
-    assert stored(service) == []
-    without_uppy_log(tab, message)
-    tab.assert_no_errors(415)
+    assert_refused(tab, service, message)
 
 
-# ------------------------------------------------------------------ Dropzone
+# ------------------------------------------------------- Dropzone and FilePond
 
 
-def test_dropzone_upload(tab: PageWatch, service: LiveServer, origin: OtherOrigin) -> None:
+@pytest.mark.parametrize(
+    ("name", "file_input", "done", "done_text", "filename"),
+    [
+        ("dropzone", "input.dz-hidden-input", ".dz-preview.dz-success", None, "dropped.png"),
+        (
+            "filepond",
+            "input.filepond--browser",
+            ".filepond--file-status-main",
+            "Upload complete",
+            "pond.png",
+        ),
+    ],
+)
+def test_dropzone_and_filepond_upload(
+    tab: PageWatch,
+    service: LiveServer,
+    origin: OtherOrigin,
+    name: str,
+    file_input: str,
+    done: str,
+    done_text: str | None,
+    filename: str,
+) -> None:
     page = tab.page
-    page.goto(origin.publish("dropzone", service))
-    page.locator("input.dz-hidden-input").set_input_files([png("dropped.png")])
-    page.locator(".dz-preview.dz-success").wait_for()
-    assert stored(service) == ["dropped.png"]
+    page.goto(origin.publish(name, service))
+    page.locator(file_input).set_input_files([png(filename)])
+    page.locator(done, has_text=done_text).wait_for()
+    assert stored(service) == [filename]
     tab.assert_no_errors()
 
 
 def test_dropzone_shows_our_message(
     tab: PageWatch, service: LiveServer, origin: OtherOrigin
 ) -> None:
-    message = refusal(service)
-    page = tab.page
-    posts = upload_requests(page, service, "/api/v1/files")
-    page.goto(origin.publish("dropzone", service))
+    page, message, posts = open_refusing(tab, service, origin, "dropzone")
     # A text file as such: Dropzone's own thumbnailer would fail on a fake .png
     # and race our message with its "Failed to load the image".
     notes: FilePayload = {"name": "notes.txt", "mimeType": "text/plain", "buffer": NOT_AN_IMAGE}
@@ -257,34 +285,15 @@ def test_dropzone_shows_our_message(
     assert shown.inner_text() == message  # not "[object Object]"
     page.wait_for_timeout(1000)
     assert posts == ["POST"]
-    assert stored(service) == []
-    without_uppy_log(tab, message)
-    tab.assert_no_errors(415)
-
-
-# ------------------------------------------------------------------ FilePond
-
-
-def test_filepond_upload(tab: PageWatch, service: LiveServer, origin: OtherOrigin) -> None:
-    page = tab.page
-    page.goto(origin.publish("filepond", service))
-    page.locator("input.filepond--browser").set_input_files([png("pond.png")])
-    page.locator(".filepond--file-status-main", has_text="Upload complete").wait_for()
-    assert stored(service) == ["pond.png"]
-    tab.assert_no_errors()
+    assert_refused(tab, service, message)
 
 
 def test_filepond_shows_our_message(
     tab: PageWatch, service: LiveServer, origin: OtherOrigin
 ) -> None:
-    message = refusal(service)
-    page = tab.page
-    posts = upload_requests(page, service, "/api/v1/files")
-    page.goto(origin.publish("filepond", service))
+    page, message, posts = open_refusing(tab, service, origin, "filepond")
     page.locator("input.filepond--browser").set_input_files([text_as_png("notes.png")])
     page.locator(".filepond--file-status-main", has_text=message).wait_for()
     page.wait_for_timeout(1000)
     assert posts == ["POST"]
-    assert stored(service) == []
-    without_uppy_log(tab, message)
-    tab.assert_no_errors(415)
+    assert_refused(tab, service, message)
