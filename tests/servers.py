@@ -21,6 +21,19 @@ from filesvc.config import Settings
 from tests.waiting import HANG_SECONDS
 
 
+def read_response_head(sock: socket.socket, timeout: float | None = None) -> bytes:
+    """What ``sock`` receives up to the end of a response's head, or until it closes."""
+    if timeout is not None:
+        sock.settimeout(timeout)
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
 class LiveServer:
     """uvicorn serving ``create_app(settings)`` in a background thread."""
 

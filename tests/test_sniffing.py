@@ -30,6 +30,7 @@ from filesvc.sniffing import (
 )
 from tests.conftest import ServerFactory
 from tests.images import FORMATS, make_image
+from tests.servers import read_response_head
 from tests.typecorpus import HTML, SVG, TEXT, Sample, image, real_files
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -306,13 +307,7 @@ def test_the_type_is_judged_once_the_head_has_arrived(
         )
         if sent < SNIFF_BYTES:
             sock.shutdown(socket.SHUT_WR)  # the body ends short: judged on what came
-        sock.settimeout(30)
-        response = b""
-        while b"\r\n\r\n" not in response:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            response += chunk
+        response = read_response_head(sock, timeout=30)
     finally:
         sock.close()
     if sent == SNIFF_BYTES:

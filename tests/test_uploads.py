@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import ServerFactory
 from tests.images import EXTENSIONS, FORMATS, make_image, png_of_size
-from tests.servers import LiveServer
+from tests.servers import LiveServer, read_response_head
 from tests.waiting import eventually
 
 MiB = 1024 * 1024
@@ -216,17 +216,6 @@ def test_file_exactly_at_the_limit_is_accepted(make_server: ServerFactory) -> No
         assert_error(upload(client, data + b"x", "b.pdf"), 413, "payload_too_large")
 
 
-def _recv_response(sock: socket.socket) -> bytes:
-    sock.settimeout(10)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 @pytest.mark.parametrize("multipart", [True, False], ids=["multipart", "raw"])
 def test_413_arrives_while_the_client_is_still_sending(
     make_server: ServerFactory, multipart: bool
@@ -275,7 +264,7 @@ def test_413_arrives_while_the_client_is_still_sending(
             sent += len(chunk)
         sock.setblocking(True)
         if b"\r\n\r\n" not in response:
-            response += _recv_response(sock)
+            response += read_response_head(sock, timeout=10)
     finally:
         sock.close()
     assert response.startswith(b"HTTP/1.1 413"), response[:200]
@@ -292,7 +281,7 @@ def test_content_length_over_limit_is_refused_up_front(make_server: ServerFactor
             b"POST /api/v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
             b"Content-Length: 104857600\r\n\r\n"
         )
-        response = _recv_response(sock)
+        response = read_response_head(sock, timeout=10)
     finally:
         sock.close()
     assert response.startswith(b"HTTP/1.1 413")

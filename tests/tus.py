@@ -16,7 +16,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.servers import LiveServer
+from tests.servers import LiveServer, read_response_head
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = "application/offset+octet-stream"
@@ -135,12 +135,7 @@ class RawPatch:
         self.sock.sendall(data)
 
     def response(self) -> tuple[int, bytes]:
-        received = b""
-        while b"\r\n\r\n" not in received:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                break
-            received += chunk
+        received = read_response_head(self.sock)
         status = int(received.split(b" ", 2)[1])
         return status, received
 
