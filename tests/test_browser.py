@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image, ImageOps
-from playwright.sync_api import Browser, FilePayload, Page
+from playwright.sync_api import Browser, FilePayload, Locator, Page
 
 from tests.browser import DESKTOP, PHONE, PageWatch, chromium, screenshot, watch  # noqa: F401
 from tests.conftest import ServerFactory
@@ -76,9 +76,32 @@ def listed(client: httpx.Client, **headers: str) -> list[dict[str, Any]]:
     return items
 
 
-def open_page(tab: PageWatch, server: LiveServer) -> Page:
+def open_page(tab: PageWatch, server: LiveServer, *, clipboard: bool = False) -> Page:
+    if clipboard:  # the copy buttons write to it, the tests read it back
+        tab.page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     tab.page.goto(server.url)
     return tab.page
+
+
+def row_of(page: Page, file: dict[str, Any]) -> Locator:
+    """The file's row in the page's list of recent uploads."""
+    return page.locator(f"#recent .file-row[data-id='{file['id']}']")
+
+
+def loaded_image(page: Page, file: dict[str, Any], condition: str) -> Locator:
+    """The image of the file's row, once loaded and ``condition`` (JS, of ``img``) holds."""
+    image = row_of(page, file).locator("img")
+    page.wait_for_function(f"(img) => img.complete && {condition}", arg=image.element_handle())
+    return image
+
+
+def copy_from(page: Page, row: Locator, button: str) -> Any:
+    """Click one of the row's copy buttons; what it put on the clipboard."""
+    row.get_by_role("button", name=button).click()
+    page.wait_for_function(
+        "() => document.querySelector('#status').textContent.startsWith('Copied')"
+    )
+    return page.evaluate("navigator.clipboard.readText()")
 
 
 def wait_for_tiles(page: Page, state: str, count: int) -> None:
@@ -89,10 +112,11 @@ def wait_for_tiles(page: Page, state: str, count: int) -> None:
     )
 
 
-def tile_messages(page: Page) -> dict[str, str]:
+def tile_texts(page: Page, part: str) -> dict[str, str]:
+    """Each upload tile's name → the text of its ``.tile-{part}`` (message, meta)."""
     names = page.locator("#uploads .tile .tile-name").all_inner_texts()
-    messages = page.locator("#uploads .tile .tile-message").all_inner_texts()
-    return dict(zip(names, messages, strict=True))
+    texts = page.locator(f"#uploads .tile .tile-{part}").all_inner_texts()
+    return dict(zip(names, texts, strict=True))
 
 
 # --------------------------------------------------------------------- tests
@@ -148,14 +172,9 @@ def test_copy_button_puts_the_absolute_url_on_the_clipboard(
     tab: PageWatch, server: LiveServer, client: httpx.Client
 ) -> None:
     file = upload_via_api(client, "copy me.png", make_image())
-    tab.page.context.grant_permissions(["clipboard-read", "clipboard-write"])
-    page = open_page(tab, server)
-    row = page.locator(f"#recent .file-row[data-id='{file['id']}']")
-    row.get_by_role("button", name="Copy the URL of copy me.png").click()
-    page.wait_for_function(
-        "() => document.querySelector('#status').textContent.startsWith('Copied')"
-    )
-    assert page.evaluate("navigator.clipboard.readText()") == server.url + file["url"]
+    page = open_page(tab, server, clipboard=True)
+    copied = copy_from(page, row_of(page, file), "Copy the URL of copy me.png")
+    assert copied == server.url + file["url"]
     tab.assert_no_errors()
 
 
@@ -181,7 +200,7 @@ def test_refusals_show_the_server_message_and_store_nothing(
         )
         wait_for_tiles(page, "error", 2)
 
-        assert tile_messages(page) == {
+        assert tile_texts(page, "message") == {
             name: response.json()["error"]["message"] for name, response in expected.items()
         }
         assert listed(client) == []
@@ -213,7 +232,7 @@ def test_cancel_aborts_the_upload_and_stores_nothing(
     page.get_by_role("button", name="Cancel the upload of slow.png").click()
 
     wait_for_tiles(page, "cancelled", 1)
-    assert tile_messages(page) == {"slow.png": "Cancelled."}
+    assert tile_texts(page, "message") == {"slow.png": "Cancelled."}
     assert wait_until(lambda: server.stored_paths() == []), server.stored_paths()
     assert listed(client) == []
     tab.assert_no_errors()
@@ -408,19 +427,13 @@ def test_a_key_without_the_scope_shows_the_refusal_where_it_applies(
         message.get_by_text(exports.json()["error"]["message"]).wait_for()
         page.set_input_files("#file-input", [payload("denied.png", make_image())])
         wait_for_tiles(page, "error", 1)
-        assert tile_messages(page) == {"denied.png": upload.json()["error"]["message"]}
+        assert tile_texts(page, "message") == {"denied.png": upload.json()["error"]["message"]}
         assert page.locator("#key-panel").is_hidden()  # the key is right, only not enough
         assert listed(client, **headers) == []
     tab.assert_no_errors(401, 403)
 
 
 # --------------------------------------------------------- the page, issue 16
-
-
-def tile_meta(page: Page) -> dict[str, str]:
-    names = page.locator("#uploads .tile .tile-name").all_inner_texts()
-    metas = page.locator("#uploads .tile .tile-meta").all_inner_texts()
-    return dict(zip(names, metas, strict=True))
 
 
 def test_sizes_read_in_binary_units(
@@ -441,13 +454,13 @@ def test_sizes_read_in_binary_units(
             ],
         )
         wait_for_tiles(page, "error", 4)  # refused (415), but the size shows all the same
-        assert tile_meta(page) == {
+        assert tile_texts(page, "meta") == {
             "one.txt": "1 byte",
             "three-hundred.txt": "300 bytes",
             "kibi.txt": "1.5 KiB",
             "mebi.txt": "1.2 MiB",
         }
-        row = page.locator(f"#recent .file-row[data-id='{stored['id']}'] .file-meta")
+        row = row_of(page, stored).locator(".file-meta")
         assert row.inner_text() == f"image/png · {stored['size']} bytes · 4×4"
         tab.assert_no_errors(415)
     finally:
@@ -581,10 +594,7 @@ def test_thumbnails_fall_back_to_the_original(
 
     tab.page.route("**/*variant=thumb*", refuse_variant)
     page = open_page(tab, server)
-    image = page.locator(f"#recent .file-row[data-id='{file['id']}'] img")
-    page.wait_for_function(
-        "(img) => img.complete && img.naturalWidth === 40", arg=image.element_handle()
-    )
+    image = loaded_image(page, file, "img.naturalWidth === 40")
     assert image.evaluate("img => img.src") == server.url + file["url"]
     assert refused == [server.url + file["url"] + "?variant=thumb"]
     tab.assert_no_errors(404)
@@ -596,10 +606,7 @@ def test_thumbnails_are_small_variants(
     """Needs ``?variant=thumb`` on static URLs (issue 17, the variants branch)."""
     file = upload_via_api(client, "large.png", gradient_image((1200, 900), "#ff7e5f", "#2193b0"))
     page = open_page(tab, server)
-    image = page.locator(f"#recent .file-row[data-id='{file['id']}'] img")
-    page.wait_for_function(
-        "(img) => img.complete && img.naturalWidth > 0", arg=image.element_handle()
-    )
+    image = loaded_image(page, file, "img.naturalWidth > 0")
     assert image.evaluate("img => img.src").endswith("?variant=thumb")
     assert image.evaluate("img => Math.max(img.naturalWidth, img.naturalHeight)") <= 256
     tab.assert_no_errors()
@@ -609,16 +616,10 @@ def test_copy_offers_the_original_and_the_preview(
     tab: PageWatch, server: LiveServer, client: httpx.Client
 ) -> None:
     file = upload_via_api(client, "photo.png", make_image())
-    tab.page.context.grant_permissions(["clipboard-read", "clipboard-write"])
-    page = open_page(tab, server)
-    row = page.locator(f"#recent .file-row[data-id='{file['id']}']")
-    row.get_by_role("button", name="Copy the preview URL of photo.png").click()
-    page.wait_for_function(
-        "() => document.querySelector('#status').textContent.startsWith('Copied')"
-    )
-    assert page.evaluate("navigator.clipboard.readText()") == (
-        server.url + file["url"] + "?variant=preview"
-    )
+    page = open_page(tab, server, clipboard=True)
+    row = row_of(page, file)
+    copied = copy_from(page, row, "Copy the preview URL of photo.png")
+    assert copied == server.url + file["url"] + "?variant=preview"
     row.get_by_role("button", name="Copy the URL of photo.png").click()
     page.wait_for_function(
         "(url) => navigator.clipboard.readText().then(t => t === url)", arg=server.url + file["url"]
