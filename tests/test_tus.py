@@ -84,6 +84,13 @@ def assert_nothing_left(server: LiveServer) -> None:
 # -- discovery and versions -----------------------------------------------------------
 
 
+def leased(server: LiveServer, url: str) -> bool:
+    """Whether a request holds the upload's lease now."""
+    sql = "SELECT lease_token FROM resumable_uploads WHERE id = :id"
+    rows = server.query(sql, id=upload_id(url))
+    return rows[0][0] is not None
+
+
 def test_options_announces_the_protocol(server: LiveServer, client: httpx.Client) -> None:
     for path in (UPLOADS, f"{UPLOADS}/anything"):
         response = client.options(path)
@@ -461,14 +468,7 @@ def test_a_second_writer_gets_423(docs: LiveServer, http: httpx.Client) -> None:
     try:
         holder.send(data[:MiB])
         # The first request holds the lease once the service has taken it: wait for that.
-        wait_until(
-            lambda: (
-                docs.query(
-                    "SELECT lease_token FROM resumable_uploads WHERE id = :id", id=upload_id(url)
-                )[0][0]
-                is not None
-            )
-        )
+        wait_until(lambda: leased(docs, url))
         second = patch(http, url, 0, data)
         assert second.status_code == 423
         assert error_code(second) == "upload_locked"
@@ -486,24 +486,10 @@ def test_a_disconnected_patch_keeps_what_arrived(docs: LiveServer, http: httpx.C
     url = created(http, len(data))
     holder = RawPatch(docs.url, url, 0, len(data), {})
     holder.send(data[: 2 * MiB])
-    wait_until(
-        lambda: (
-            docs.query(
-                "SELECT lease_token FROM resumable_uploads WHERE id = :id", id=upload_id(url)
-            )[0][0]
-            is not None
-        )
-    )
+    wait_until(lambda: leased(docs, url))
     holder.close()
     # The service keeps the bytes it received, then lets go of the upload.
-    wait_until(
-        lambda: (
-            docs.query(
-                "SELECT lease_token FROM resumable_uploads WHERE id = :id", id=upload_id(url)
-            )[0][0]
-            is None
-        )
-    )
+    wait_until(lambda: not leased(docs, url))
     kept = offset_of(http, url)
     assert 0 < kept <= 2 * MiB
     assert patch(http, url, kept, data[kept:]).status_code == 204
