@@ -57,6 +57,25 @@ class Report:
         status: Status = "SKIP" if ok is None else ("PASS" if ok else "MISS")
         return self._keep(Verdict(scenario, target, measured, status))
 
+    def versus(
+        self,
+        scenario: str,
+        target: str,
+        ours: Spread,
+        theirs: Spread | None,
+        against: str,
+        at_least: float,
+        shown: str,
+    ) -> Verdict:
+        """A PASS when ``ours`` is ``at_least`` times ``theirs`` (a MISS also when unmeasured)."""
+        versus = ratio(ours, theirs)
+        return self.verdict(
+            scenario,
+            target,
+            f"{show_ratio(versus, against)} ({shown})",
+            versus is not None and versus >= at_least,
+        )
+
     def skip(self, scenario: str, target: str, why: str) -> Verdict:
         return self._keep(Verdict(scenario, target, why, "SKIP"))
 

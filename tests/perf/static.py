@@ -19,7 +19,7 @@ from PIL import Image
 from tests.perf.context import Bench, pdf_payload
 from tests.perf.harness import MiB, Missing, Server, Spread, run_checked
 from tests.perf.nginx import Nginx
-from tests.perf.report import Row, ratio, show_ratio
+from tests.perf.report import Row
 from tests.perf.tools import program
 
 JPEG_BYTES = 50 * 1024
@@ -113,20 +113,24 @@ def run(bench: Bench) -> None:
                     Row(scenario, name, "GET", spread, "req/s", server.peak_rss_bytes(), note)
                 )
     small = results["50 KiB JPEG"]
-    vs_plain = ratio(small["filesvc"], small.get("StaticFiles"))
-    bench.report.verdict(
+    bench.report.versus(
         "static 50 KiB",
         "≥ 5× Starlette StaticFiles req/s",
-        f"{show_ratio(vs_plain, 'StaticFiles')} ({small['filesvc'].median:,.0f} req/s)",
-        vs_plain is not None and vs_plain >= 5,
+        small["filesvc"],
+        small.get("StaticFiles"),
+        "StaticFiles",
+        5,
+        f"{small['filesvc'].median:,.0f} req/s",
     )
     big = results["10 MiB file"]
-    vs_nginx = ratio(big["filesvc"], big.get("nginx"))
-    bench.report.verdict(
+    bench.report.versus(
         "static 10 MiB",
         "≥ 0.7× nginx MB/s",
-        f"{show_ratio(vs_nginx, 'nginx')} ({BIG_BYTES * big['filesvc'].median / 1e6:,.0f} MB/s)",
-        vs_nginx is not None and vs_nginx >= 0.7,
+        big["filesvc"],
+        big.get("nginx"),
+        "nginx",
+        0.7,
+        f"{BIG_BYTES * big['filesvc'].median / 1e6:,.0f} MB/s",
     )
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from filesvc.config import Settings
 from tests.perf.context import Bench
 from tests.perf.harness import MiB, Server, Spread
-from tests.perf.report import Row, ratio, show_ratio
+from tests.perf.report import Row
 from tests.perf.static import wrk
 from tests.perf.tools import program
 
@@ -163,12 +163,14 @@ def run(bench: Bench) -> None:
             )
         )
 
-    vs_static = ratio(variant_rate, static_rate)
-    bench.report.verdict(
+    bench.report.versus(
         "variants cached",
         "≥ 0.9× a static GET of the same size",
-        f"{show_ratio(vs_static, 'static')} ({variant_rate.median:,.0f} req/s)",
-        vs_static is not None and vs_static >= 0.9,
+        variant_rate,
+        static_rate,
+        "static",
+        0.9,
+        f"{variant_rate.median:,.0f} req/s",
     )
     bench.report.verdict(
         "variants first thumb",
