@@ -19,7 +19,7 @@ import secrets
 import statistics
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -45,6 +45,19 @@ class Outcome:
     range_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
+    async def timed(
+        self, what: str, request: Awaitable[httpx.Response], times_ms: list[float]
+    ) -> httpx.Response | None:
+        """The response, its time added to ``times_ms``; None (an error noted) on failure."""
+        started = time.perf_counter()
+        try:
+            response = await request
+        except httpx.HTTPError as exc:
+            self.errors.append(f"{what}: {type(exc).__name__}: {exc}")
+            return None
+        times_ms.append((time.perf_counter() - started) * 1000)
+        return response
+
 
 def make_images(count: int) -> list[bytes]:
     """Distinct JPEGs (random noise) of about 40 KB each."""
@@ -66,16 +79,12 @@ async def hammer(server: Server, images: list[bytes], big: bytes, big_url: str) 
     async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=120) as client:
 
         async def upload(index: int, data: bytes) -> None:
+            files = {"file": (f"image-{index}.jpg", data, "image/jpeg")}
             async with gate:
-                started = time.perf_counter()
-                try:
-                    response = await client.post(
-                        "/api/v1/files", files={"file": (f"image-{index}.jpg", data, "image/jpeg")}
-                    )
-                except httpx.HTTPError as exc:
-                    outcome.errors.append(f"upload {index}: {type(exc).__name__}: {exc}")
-                    return
-                outcome.upload_ms.append((time.perf_counter() - started) * 1000)
+                sent = client.post("/api/v1/files", files=files)
+                response = await outcome.timed(f"upload {index}", sent, outcome.upload_ms)
+            if response is None:
+                return
             if response.status_code != 201:
                 outcome.errors.append(f"upload {index}: {response.status_code} {response.text}")
             elif response.json()["sha256"] != hashlib.sha256(data).hexdigest():
@@ -86,13 +95,10 @@ async def hammer(server: Server, images: list[bytes], big: bytes, big_url: str) 
             while not uploads_done.is_set():
                 start = pick.randrange(0, len(big) - RANGE_BYTES)
                 header = {"Range": f"bytes={start}-{start + RANGE_BYTES - 1}"}
-                started = time.perf_counter()
-                try:
-                    response = await client.get(big_url, headers=header)
-                except httpx.HTTPError as exc:
-                    outcome.errors.append(f"range {start}: {type(exc).__name__}: {exc}")
+                got = client.get(big_url, headers=header)
+                response = await outcome.timed(f"range {start}", got, outcome.range_ms)
+                if response is None:
                     continue
-                outcome.range_ms.append((time.perf_counter() - started) * 1000)
                 if response.status_code != 206:
                     outcome.errors.append(f"range {start}: {response.status_code}")
                 elif response.content != big[start : start + RANGE_BYTES]:
