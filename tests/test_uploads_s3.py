@@ -84,10 +84,15 @@ def assert_nothing_left(server: LiveServer, bucket: S3Bucket) -> None:
     assert bucket.incomplete_uploads() == []
 
 
+@pytest.fixture
+def server(make_server: ServerFactory) -> LiveServer:
+    """This module's usual server: PDFs only, 5 MiB parts."""
+    return make_pdf_server(make_server)
+
+
 def test_large_upload_is_a_multipart_upload_on_the_wire(
-    make_server: ServerFactory, s3_bucket: S3Bucket
+    server: LiveServer, s3_bucket: S3Bucket
 ) -> None:
-    server = make_pdf_server(make_server)
     log = S3CallLog(server.app.state.resources.storage)
     data = b"".join(pdf(3 * PART + 4321))
     with httpx.Client(base_url=server.url, timeout=60) as client:
@@ -155,9 +160,8 @@ def test_413_after_parts_were_sent_leaves_no_parts(
 
 
 def test_checksum_mismatch_after_parts_were_sent_leaves_nothing(
-    make_server: ServerFactory, s3_bucket: S3Bucket
+    server: LiveServer, s3_bucket: S3Bucket
 ) -> None:
-    server = make_pdf_server(make_server)
     log = S3CallLog(server.app.state.resources.storage)
     wrong = base64.b64encode(hashlib.sha256(b"something else").digest()).decode()
     with httpx.Client(base_url=server.url, timeout=60) as client:
@@ -174,9 +178,8 @@ def test_checksum_mismatch_after_parts_were_sent_leaves_nothing(
 
 
 def test_batch_refused_after_a_multipart_file_keeps_nothing(
-    make_server: ServerFactory, s3_bucket: S3Bucket
+    server: LiveServer, s3_bucket: S3Bucket
 ) -> None:
-    server = make_pdf_server(make_server)
     big = b"".join(pdf(2 * PART + 1))
     with httpx.Client(base_url=server.url, timeout=60) as client:
         response = client.post(
@@ -192,9 +195,8 @@ def test_batch_refused_after_a_multipart_file_keeps_nothing(
 
 
 def test_client_disconnect_mid_upload_aborts_the_multipart_upload(
-    make_server: ServerFactory, s3_bucket: S3Bucket
+    server: LiveServer, s3_bucket: S3Bucket
 ) -> None:
-    server = make_pdf_server(make_server)
     log = S3CallLog(server.app.state.resources.storage)
     total = 4 * PART
     sock = socket.create_connection(("127.0.0.1", server.port))
