@@ -134,8 +134,9 @@ def _epub() -> bytes:
     )
 
 
-def _committed(name: str) -> bytes:
-    return (COMMITTED / name).read_bytes()
+def _committed(name: str, content_type: str) -> Sample:
+    """The sample of a file kept in the repository (no generator for its type here)."""
+    return Sample(name, (COMMITTED / name).read_bytes(), content_type)
 
 
 @cache
@@ -150,43 +151,35 @@ def real_files() -> tuple[Sample, ...]:
         Sample("image.bmp", image("BMP"), "image/bmp"),
         Sample("image.tif", image("TIFF"), "image/tiff"),
         Sample("image.avif", image("AVIF"), "image/avif"),
-        Sample("photo.heic", _committed("photo.heic"), "image/heic"),
+        _committed("photo.heic", "image/heic"),
         Sample("favicon.ico", image("ICO", (32, 32)), "image/vnd.microsoft.icon"),
         Sample("drawing.svg", SVG, "image/svg+xml"),
         Sample("scan.pdf", image("PDF"), "application/pdf"),
-        Sample("document.docx", _committed("document.docx"), DOCX),
-        Sample("workbook.xlsx", _committed("workbook.xlsx"), XLSX),
-        Sample("slides.pptx", _committed("slides.pptx"), PPTX),
-        Sample(
-            "document.odt", _committed("document.odt"), "application/vnd.oasis.opendocument.text"
-        ),
-        Sample(
-            "sheet.ods", _committed("sheet.ods"), "application/vnd.oasis.opendocument.spreadsheet"
-        ),
-        Sample(
-            "slides.odp",
-            _committed("slides.odp"),
-            "application/vnd.oasis.opendocument.presentation",
-        ),
+        _committed("document.docx", DOCX),
+        _committed("workbook.xlsx", XLSX),
+        _committed("slides.pptx", PPTX),
+        _committed("document.odt", "application/vnd.oasis.opendocument.text"),
+        _committed("sheet.ods", "application/vnd.oasis.opendocument.spreadsheet"),
+        _committed("slides.odp", "application/vnd.oasis.opendocument.presentation"),
         Sample("book.epub", _epub(), "application/epub+zip"),
         Sample("bundle.zip", _zip([("a.txt", b"a" * 100), ("b.txt", b"b")]), "application/zip"),
         Sample("notes.txt.gz", gzip.compress(b"filesvc\n" * 100, mtime=0), "application/gzip"),
         Sample("notes.tar", _tar(), "application/x-tar"),
         Sample("notes.bz2", bz2.compress(b"filesvc\n" * 100), "application/x-bzip2"),
         Sample("notes.xz", lzma.compress(b"filesvc\n" * 100), "application/x-xz"),
-        Sample("archive.7z", _committed("archive.7z"), "application/x-7z-compressed"),
+        _committed("archive.7z", "application/x-7z-compressed"),
         Sample("data.sqlite", _sqlite(), "application/vnd.sqlite3"),
         Sample("tone.wav", _wav(), "audio/wav"),
-        Sample("tone.mp3", _committed("tone.mp3"), "audio/mpeg"),
-        Sample("tone.ogg", _committed("tone.ogg"), "audio/ogg"),
-        Sample("tone.opus", _committed("tone.opus"), "audio/ogg"),
-        Sample("tone.flac", _committed("tone.flac"), "audio/flac"),
-        Sample("tone.m4a", _committed("tone.m4a"), "audio/mp4"),
-        Sample("clip.mp4", _committed("clip.mp4"), "video/mp4"),
-        Sample("clip.webm", _committed("clip.webm"), "video/webm"),
-        Sample("clip.mkv", _committed("clip.mkv"), "video/x-matroska"),
-        Sample("clip.mov", _committed("clip.mov"), "video/quicktime"),
-        Sample("clip.avi", _committed("clip.avi"), "video/x-msvideo"),
+        _committed("tone.mp3", "audio/mpeg"),
+        _committed("tone.ogg", "audio/ogg"),
+        _committed("tone.opus", "audio/ogg"),
+        _committed("tone.flac", "audio/flac"),
+        _committed("tone.m4a", "audio/mp4"),
+        _committed("clip.mp4", "video/mp4"),
+        _committed("clip.webm", "video/webm"),
+        _committed("clip.mkv", "video/x-matroska"),
+        _committed("clip.mov", "video/quicktime"),
+        _committed("clip.avi", "video/x-msvideo"),
         Sample("table.csv", _csv(), "text/csv"),
         # Excel's "Unicode Text" export: UTF-16 with a BOM, tab-separated.
         Sample("export.txt", _tsv_utf16(), "text/tab-separated-values"),
