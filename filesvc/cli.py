@@ -18,17 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from filesvc.config import Settings, describe_error
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-EXIT_CODES_HELP = """\
-exit codes:
-  0  success
-  1  the command ran and failed (database unreachable, schema behind, start-up failed)
-  2  bad usage or an invalid FILESVC_* setting (one line names the variable)
-"""
+from filesvc.exitcodes import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, EXIT_USAGE, report_failure
 
 
 def _port(text: str) -> int:
@@ -211,21 +201,13 @@ def _check(args: argparse.Namespace) -> int:
 
 def _run(command: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run a command's coroutine; a database or storage failure is one line and exit 1."""
-    from filesvc.errors import FilesvcError
-
     try:
         return asyncio.run(command())
-    except (OSError, ConnectionError) as exc:
-        print(f"filesvc: database unreachable: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except FilesvcError as exc:  # e.g. the storage is unavailable
-        print(f"filesvc: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED
     except Exception as exc:
-        if type(exc).__module__.startswith("sqlalchemy"):
-            print(f"filesvc: database error: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        raise
+        code = report_failure(exc, os_error="database unreachable")
+        if code is None:
+            raise
+        return code
 
 
 def _export(args: argparse.Namespace) -> int:

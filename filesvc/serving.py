@@ -541,6 +541,13 @@ class TruncatedObject(Exception):
     """Storage ended an object before the length its record promised."""
 
 
+async def cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+    """Cancel ``scope`` once the client is gone: a streamed body stops with it."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
 class StoredFileResponse(Response):
     """Streams exactly ``content_length`` bytes from an async iterator of chunks.
 
@@ -587,13 +594,7 @@ class StoredFileResponse(Response):
                 await self._stream(body, send)
             else:
                 async with anyio.create_task_group() as group:
-
-                    async def watch() -> None:
-                        while (await receive())["type"] != "http.disconnect":
-                            pass
-                        group.cancel_scope.cancel()
-
-                    group.start_soon(watch)
+                    group.start_soon(cancel_on_disconnect, receive, group.cancel_scope)
                     await self._stream(body, send)
                     group.cancel_scope.cancel()
         except BaseException:

@@ -60,6 +60,10 @@ ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/files/{file_id}/signed-url"): "files:read",
     ("GET", "/api/v1/exports"): "exports:read",
     ("GET", "/api/v1/exports/{name}.csv"): "exports:read",
+    ("GET", "/api/v1/exports/{name}.parquet"): "exports:read",
+    ("HEAD", "/api/v1/exports"): "exports:read",
+    ("HEAD", "/api/v1/exports/{name}.csv"): "exports:read",
+    ("HEAD", "/api/v1/exports/{name}.parquet"): "exports:read",
     ("OPTIONS", "/api/v1/uploads"): "files:write",
     ("POST", "/api/v1/uploads"): "files:write",
     ("OPTIONS", "/api/v1/uploads/{upload_id}"): "files:write",
@@ -116,6 +120,16 @@ def _calls(file_id: str) -> dict[tuple[str, str], Call]:
         ("GET", "/api/v1/exports"): lambda c, h: c.get("/api/v1/exports", headers=h),
         ("GET", "/api/v1/exports/{name}.csv"): lambda c, h: c.get(
             "/api/v1/exports/files.csv", headers=h
+        ),
+        ("GET", "/api/v1/exports/{name}.parquet"): lambda c, h: c.get(
+            "/api/v1/exports/files.parquet", headers=h
+        ),
+        ("HEAD", "/api/v1/exports"): lambda c, h: c.head("/api/v1/exports", headers=h),
+        ("HEAD", "/api/v1/exports/{name}.csv"): lambda c, h: c.head(
+            "/api/v1/exports/files.csv", headers=h
+        ),
+        ("HEAD", "/api/v1/exports/{name}.parquet"): lambda c, h: c.head(
+            "/api/v1/exports/files.parquet", headers=h
         ),
         ("OPTIONS", "/api/v1/uploads"): lambda c, h: c.options("/api/v1/uploads", headers=h),
         ("POST", "/api/v1/uploads"): lambda c, h: c.post(

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from filesvc.routes.health import describe_failure, probe, secrets_of
+from filesvc.readiness import describe_failure, probe, secrets_of
 from tests.conftest import embedded_settings as _settings
 from tests.images import make_image
 from tests.processes import free_port

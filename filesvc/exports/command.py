@@ -19,15 +19,11 @@ from typing import IO
 import anyio
 
 from filesvc.config import Settings
-from filesvc.errors import FilesvcError, InvalidRequest, NotFound
+from filesvc.errors import InvalidRequest, NotFound
+from filesvc.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, report_failure
 
 #: Seconds between two updates of the progress line.
 PROGRESS_INTERVAL = 0.5
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 def query_params(args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -164,23 +160,14 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         finally:
             partial.unlink(missing_ok=True)  # a failed export leaves no file behind
         return EXIT_OK
-    except (InvalidRequest, NotFound) as exc:
-        print(f"filesvc: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, as cat does.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
-    except FilesvcError as exc:
-        print(f"filesvc: {exc.message}", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as exc:
-        print(f"filesvc: export failed: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except Exception as exc:
-        if type(exc).__module__.startswith(("sqlalchemy", "asyncpg", "sqlite3")):
-            print(f"filesvc: database error: {exc}", file=sys.stderr)
-            return EXIT_FAILED
-        raise
+        code = report_failure(exc, os_error="export failed", usage=(InvalidRequest, NotFound))
+        if code is None:
+            raise
+        return code

@@ -25,6 +25,7 @@ from filesvc.exports.query import MAX_FILTERS, OPERATORS
 from filesvc.exports.stream import AnyExport
 from filesvc.metrics import Metrics
 from filesvc.schemas import error_responses
+from filesvc.serving import cancel_on_disconnect
 
 logger = logging.getLogger("filesvc.exports")
 
@@ -137,7 +138,7 @@ class CSVStreamResponse(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             with anyio.CancelScope() as streaming:
-                watcher = asyncio.create_task(_cancel_on_disconnect(receive, streaming))
+                watcher = asyncio.create_task(cancel_on_disconnect(receive, streaming))
                 try:
                     await self._send_all(send)
                 finally:
@@ -163,12 +164,6 @@ class CSVStreamResponse(StreamingResponse):
         finally:
             await self.chunks.aclose()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _cancel_on_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-    scope.cancel()
 
 
 _CSV_PARAMETERS: list[dict[str, Any]] = [
