@@ -27,7 +27,7 @@ typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
 pytest: $(VENV)/.dev-installed
-	$(BIN)/pytest
+	$(BIN)/pytest -n 4 --dist loadfile
 
 test: lint typecheck pytest
 

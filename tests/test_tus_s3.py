@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import httpx
 import pytest
@@ -11,6 +12,7 @@ from tests.conftest import ServerFactory
 from tests.s3server import S3Bucket
 from tests.servers import LiveServer
 from tests.tus import TUS, MiB, created, expire, offset_of, patch, pdf, upload_id
+from tests.waiting import eventually
 
 PART = 5 * MiB
 
@@ -111,9 +113,16 @@ def test_the_start_up_sweep_leaves_resumable_uploads_alone(
     with httpx.Client(base_url=first.url, timeout=60) as http:
         url = created(http, len(data))
         assert patch(http, url, 0, data[: 5 * MiB + 1]).status_code == 204
-    # A restart that sweeps every unfinished one-shot upload, however young.
+    # A restart whose sweep would take every unfinished one-shot upload older than a
+    # second (the shortest grace a one-second body deadline allows): this one is older.
+    started = time.time()
+    eventually(lambda: time.time() > started + 2, "the upload to be older than the grace")
     second = make_server(
-        allowed_types=["application/pdf"], s3_part_size=PART, incomplete_upload_grace=0
+        allowed_types=["application/pdf"],
+        s3_part_size=PART,
+        body_timeout=1,
+        body_deadline=1,
+        incomplete_upload_grace=1,
     )
     assert len(s3_bucket.incomplete_uploads()) == 1
     with httpx.Client(base_url=second.url, timeout=60) as http:
