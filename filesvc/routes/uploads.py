@@ -63,6 +63,19 @@ class TusRoute(APIRoute):
 
 router = APIRouter(prefix=PREFIX, tags=["uploads"], route_class=TusRoute)
 
+#: Every tus request but OPTIONS states the protocol version; another or none is 412.
+TUS_RESUMABLE_HEADER: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "Tus-Resumable",
+            "in": "header",
+            "required": True,
+            "schema": {"type": "string", "enum": [TUS_VERSION]},
+            "description": "The tus protocol version: 412 with `Tus-Version` for any other.",
+        }
+    ]
+}
+
 
 def get_uploads(resources: ResourcesDep) -> Uploads:
     return resources.resumable
@@ -139,6 +152,7 @@ async def discover_upload(upload_id: str, uploads: UploadsDep) -> Response:
     "body is the upload's first bytes. The upload's id becomes the file's id.",
     dependencies=[require("files:write")],
     responses=error_responses(400, 401, 403, 408, 412, 413, 415, 422, 460, 503, 507),
+    openapi_extra=TUS_RESUMABLE_HEADER,
 )
 async def create_upload(request: Request, uploads: UploadsDep, metrics: MetricsDep) -> Response:
     headers = request.headers
@@ -193,6 +207,7 @@ def _upload_headers(row: ResumableUpload) -> dict[str, str]:
     summary="An upload's offset (tus)",
     dependencies=[require("files:write")],
     responses=error_responses(401, 403, 404, 410, 412, 503),
+    openapi_extra=TUS_RESUMABLE_HEADER,
 )
 async def upload_offset(request: Request, upload_id: str, uploads: UploadsDep) -> Response:
     check_resumable(request.headers.get("tus-resumable"))
@@ -218,6 +233,7 @@ async def upload_offset(request: Request, upload_id: str, uploads: UploadsDep) -
     "(460 when it does not match). The last byte makes the upload a file with the same id.",
     dependencies=[require("files:write")],
     responses=error_responses(400, 401, 403, 404, 408, 409, 410, 412, 413, 415, 422, 423, 460),
+    openapi_extra=TUS_RESUMABLE_HEADER,
 )
 async def append(
     request: Request, upload_id: str, uploads: UploadsDep, metrics: MetricsDep
@@ -253,6 +269,7 @@ async def append(
     summary="Terminate an upload and drop its bytes (tus termination)",
     dependencies=[require("files:write")],
     responses=error_responses(401, 403, 404, 410, 412, 423),
+    openapi_extra=TUS_RESUMABLE_HEADER,
 )
 async def terminate(
     request: Request, upload_id: str, uploads: UploadsDep, metrics: MetricsDep
