@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -140,6 +141,8 @@ def test_a_progress_line_on_a_terminal(env: dict[str, str], make_settings: Setti
     main_fd, terminal = pty.openpty()
     try:
         result = run("big", "-o", os.devnull, env=variables, stderr=terminal)
+        # Written to as the device it is, never replaced by a renamed file.
+        assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
         os.close(terminal)
         terminal = -1
         output = b""

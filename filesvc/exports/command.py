@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import stat
 import sys
 import tempfile
 import time
@@ -126,6 +127,15 @@ def _umask() -> int:
     return mask
 
 
+def _is_special(target: Path) -> bool:
+    """Whether ``target`` exists and is neither a regular file nor a directory."""
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -145,6 +155,12 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             )
             return EXIT_OK
         target = Path(args.output)
+        if _is_special(target):
+            # A device or a pipe (`-o /dev/null`, a FIFO) is written to as it is:
+            # renaming a file over it would replace the device itself.
+            with target.open("wb") as out:
+                asyncio.run(write_export(settings, args.name, params, out, parquet=parquet))
+            return EXIT_OK
         # A random name, created exclusively: a predictable one could be a
         # symlink planted by someone else that the export would write through.
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
