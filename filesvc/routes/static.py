@@ -9,7 +9,7 @@ deleted file is gone from every worker at once. Static URLs need no API key.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Annotated, Any
 
@@ -30,6 +30,7 @@ from filesvc.serving import (
     Conditions,
     Multipart,
     Representation,
+    Selection,
     StoredFileResponse,
     content_disposition,
     multipart_chunks,
@@ -236,26 +237,8 @@ async def respond(
     headers = representation_headers(
         representation, filename=row.filename, cache_control=cache_control
     )
-    ranges = selection.ranges
-    if len(ranges) == 1:
-        [byte_range] = ranges
-        if selection.status == 206:
-            headers.append(("content-range", byte_range.content_range(representation.size)))
-        headers.append(("content-type", representation.content_type))
-        body = None
-        if method != "HEAD" and byte_range.length:
-            body = await _open(storage, row.storage_key, byte_range.start, byte_range.length)
-        return StoredFileResponse(
-            selection.status, headers, body=body, content_length=byte_range.length
-        )
-
-    multipart = Multipart.build(ranges, representation.size, representation.content_type)
-    headers.append(("content-type", multipart.content_type))
-    first = await _open(storage, row.storage_key, ranges[0].start, ranges[0].length)
-    chunks = multipart_chunks(
-        partial(_open, storage, row.storage_key), ranges, multipart, first=first
-    )
-    return StoredFileResponse(206, headers, body=chunks, content_length=multipart.content_length)
+    opener = partial(_open, storage, row.storage_key)
+    return await _ranged(method, selection, representation, headers, opener)
 
 
 async def respond_variant(
@@ -293,7 +276,18 @@ async def respond_variant(
         )
     ]
     headers.extend(vary)
-    open_range = range_opener(resources.storage, stored)
+    opener = range_opener(resources.storage, stored)
+    return await _ranged(method, selection, representation, headers, opener)
+
+
+async def _ranged(
+    method: str,
+    selection: Selection,
+    representation: Representation,
+    headers: list[tuple[str, str]],
+    open_range: Callable[[int, int], Awaitable[AsyncIterator[bytes]]],
+) -> Response:
+    """The 200 or 206 answer of a selection: one range as it is, several as multipart."""
     ranges = selection.ranges
     if len(ranges) == 1:
         [byte_range] = ranges
