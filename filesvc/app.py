@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 from filesvc import __version__, auth
 from filesvc.config import Settings
-from filesvc.db import create_engine, create_session_factory, migrate
+from filesvc.db import create_engine, create_session_factory, migrate_if_behind
 from filesvc.decoding import DecodeBudget
 from filesvc.deps import Resources
 from filesvc.exports import Exporter
@@ -69,7 +69,7 @@ def _lifespan(
             stack.push_async_callback(storage.aclose)
             stack.callback(release_process)
             if settings.should_auto_migrate:
-                await migrate(engine)
+                await migrate_if_behind(engine)
             await _sweep(storage, settings)
             sessions = create_session_factory(engine)
             lookup = create_lookup(settings, engine)

@@ -3,7 +3,8 @@
 With ``--workers N`` (N > 1) the parent process first starts and stops the app
 once (:func:`preflight`): migrations run once instead of racing in N workers,
 and a start-up failure (bad database URL, unwritable data directory) ends the
-command with one line instead of N workers failing. It also points
+command with one line instead of N workers failing. With one worker, a due
+migration runs in a child process instead (:func:`migrate_apart`). It also points
 ``PROMETHEUS_MULTIPROC_DIR`` at a clean directory before the workers start, so
 that ``/metrics`` adds up every worker's values. After that check a worker
 can still fail to start (the database went away meanwhile): uvicorn then
@@ -24,6 +25,8 @@ import logging
 import logging.config
 import math
 import os
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +92,40 @@ def preflight(settings: Settings) -> None:
         raise StartupFailed(redact(f"{type(exc).__name__}: {exc}".splitlines()[0])) from exc
 
 
+def migrate_apart(settings: Settings) -> None:
+    """Start-up's migration, when one is due, in a child process (``filesvc migrate``).
+
+    alembic's modules stay in a process's memory once imported; run apart, the
+    serving process finds the schema at the head and never imports them.
+    """
+    from filesvc.db import HEAD_REVISION, create_engine, current_revision
+
+    if not settings.should_auto_migrate:
+        return
+
+    async def revision() -> str | None:
+        engine = create_engine(settings)
+        try:
+            return await current_revision(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        if asyncio.run(revision()) == HEAD_REVISION:
+            return
+    except Exception as exc:
+        raise StartupFailed(redact(f"{type(exc).__name__}: {exc}".splitlines()[0])) from exc
+    child = subprocess.run(
+        [sys.executable, "-m", "filesvc", "migrate"],
+        env={**os.environ, "FILESVC_DATABASE_URL": settings.effective_database_url},
+        capture_output=True,
+        text=True,
+    )
+    if child.returncode != 0:
+        said = child.stderr.strip().splitlines() or [f"exit status {child.returncode}"]
+        raise StartupFailed(redact(f"migration failed: {said[-1]}"))
+
+
 def serve(
     settings: Settings,
     *,
@@ -113,6 +150,8 @@ def serve(
     logging.captureWarnings(True)
     if workers > 1 and not reload:
         preflight(settings)
+    else:
+        migrate_apart(settings)
     owned_dir = _set_up_multiprocess_metrics(workers > 1 and not reload)
     options = dict(
         host=host,
