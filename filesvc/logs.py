@@ -38,6 +38,8 @@ class RequestContext:
     request_id: str
     #: The spec's error code of the answer, once an error handler chose one.
     error_code: str | None = None
+    #: The response was cut short after it started (the client went away mid-stream).
+    incomplete: bool = False
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("filesvc_request", default=None)
@@ -70,6 +72,14 @@ def note_error_code(code: str) -> None:
     context = _current.get()
     if context is not None:
         context.error_code = code
+
+
+def note_incomplete(code: str) -> None:
+    """The current request's response ended early, for ``code``'s reason (logs, metrics)."""
+    context = _current.get()
+    if context is not None:
+        context.error_code = code
+        context.incomplete = True
 
 
 def redact(text: str) -> str:

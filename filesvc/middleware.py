@@ -35,7 +35,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match, Mount, Route, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from filesvc.errors import CLIENT_CLOSED_STATUS, RETRY_AFTER_SECONDS, error_body
+from filesvc.errors import (
+    CLIENT_CLOSED_STATUS,
+    RETRY_AFTER_SECONDS,
+    ClientClosedRequest,
+    error_body,
+)
 from filesvc.logs import (
     bind_request,
     current_request,
@@ -289,7 +294,7 @@ class _Exchange:
         if self.status is None:  # answered after us, by ServerErrorMiddleware, if at all
             gone = isinstance(exc, asyncio.CancelledError)
             self.status = CLIENT_CLOSED_STATUS if gone else 500
-            self.fault_code = "client_closed_request" if gone else "internal_error"
+            self.fault_code = ClientClosedRequest.code if gone else "internal_error"
 
     def finish(self) -> None:
         status = self.status if self.status is not None else 500
@@ -297,6 +302,7 @@ class _Exchange:
         duration = time.perf_counter() - self.started
         context = current_request()
         error_code = (context.error_code if context is not None else None) or self.fault_code
+        incomplete = self.incomplete or (context is not None and context.incomplete)
         labels = {"method": self.method, "route": route, "status": str(status)}
         self.metrics.requests.labels(**labels).inc()
         self.metrics.request_duration.labels(**labels).observe(duration)
@@ -324,7 +330,7 @@ class _Exchange:
                 "request_bytes": self.bytes_in,
                 "error_code": error_code,
                 "client": client[0] if client else None,
-                "incomplete": True if self.incomplete else None,
+                "incomplete": True if incomplete else None,
             },
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +71,38 @@ def test_serve_writes_json_lines_with_the_request_ids_it_returns(tmp_path: Path)
     uvicorn_lines = [e["message"] for e in entries if e["logger"].startswith("uvicorn")]
     assert "Application startup complete." in uvicorn_lines
     assert not [e for e in entries if e["logger"] == "uvicorn.access"]  # ours replace them
+
+
+def test_an_export_cut_off_by_its_client_is_logged_once_and_marked_incomplete(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    with sqlite3.connect(data / "filesvc.db") as database:  # some 40 MB of CSV
+        database.execute("CREATE TABLE big (id INTEGER PRIMARY KEY, label TEXT NOT NULL)")
+        database.execute(
+            "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 500000) "
+            "INSERT INTO big SELECT x, printf('%070d', x) FROM n"
+        )
+    serve = ServeProcess(data, env={"FILESVC_EXPORT_TABLES": "big"}).start()
+    try:
+        with httpx.Client(base_url=serve.url, timeout=10) as client:
+            identity = {"Accept-Encoding": "identity"}
+            with client.stream("GET", "/api/v1/exports/big.csv", headers=identity) as response:
+                first = next(response.iter_raw())
+                request_id = response.headers["x-request-id"]
+            assert first.startswith(b"id,label")
+            assert client.get("/healthz").status_code == 200  # still serving
+    finally:
+        assert serve.stop() == 0
+    entries = _lines(serve)
+    mine = [e for e in entries if e.get("request_id") == request_id]
+    stopped = [e for e in mine if e["logger"] == "filesvc.exports"]
+    assert len(stopped) == 1 and "the client went away" in stopped[0]["message"], mine
+    access = _access(entries, request_id)
+    assert access["status"] == 200  # what was sent
+    assert access["incomplete"] is True and access["error_code"] == "client_closed_request"
+    assert len(mine) == 2, mine  # nothing else: no traceback, no uvicorn line
 
 
 def test_lines_written_inside_a_request_carry_its_id_and_no_password(tmp_path: Path) -> None:

@@ -20,9 +20,11 @@ from starlette.types import Receive, Scope, Send
 
 from filesvc.auth import require
 from filesvc.deps import ResourcesDep
+from filesvc.errors import ClientClosedRequest
 from filesvc.exports import Exporter, ExportStream, parse_query_string
 from filesvc.exports.query import MAX_FILTERS, OPERATORS
 from filesvc.exports.stream import AnyExport
+from filesvc.logs import note_incomplete
 from filesvc.metrics import Metrics
 from filesvc.schemas import error_responses
 from filesvc.serving import cancel_on_disconnect
@@ -144,6 +146,9 @@ class CSVStreamResponse(StreamingResponse):
                 finally:
                     watcher.cancel()
             if streaming.cancelled_caught:
+                # The access line says so too (incomplete, the 499's code): its status
+                # is the 200 that was sent.
+                note_incomplete(ClientClosedRequest.code)
                 logger.info(
                     "export of %s stopped after %d rows: the client went away",
                     self.export.dataset.name,
