@@ -7,6 +7,9 @@ a connection that other requests need. Here a head larger than
 ``max_head_bytes`` is answered 431 and one that takes longer than
 ``head_timeout`` seconds 408, both as the SPEC's JSON error, and the
 connection is closed; bytes past the limit are never handed to the parser.
+
+Over ``--limit-concurrency``, uvicorn answers a plain-text 503: here the same
+check is answered with the SPEC's JSON error and ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import json
 import logging
 from typing import Any, ClassVar
 
+from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from filesvc.config import Settings
+from filesvc.errors import RETRY_AFTER_SECONDS, ServiceUnavailable, error_body
 
 logger = logging.getLogger("filesvc")
 
@@ -73,7 +78,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_timer()
-        super().on_headers_complete()
+        limit = self.limit_concurrency
+        if limit is None or (len(self.connections) < limit and len(self.tasks) < limit):
+            super().on_headers_complete()
+            return
+        # uvicorn's own branch would pick its plain-text answer: it is given ours
+        # as the app instead, with its check turned off for this one request.
+        logger.warning("exceeded the concurrency limit (%d)", limit)
+        app, self.app, self.limit_concurrency = self.app, _busy, None
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app, self.limit_concurrency = app, limit
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -104,3 +120,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.write(head + body)
             self.transport.close()
+
+
+async def _busy(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer over ``--limit-concurrency``: the SPEC's 503, with Retry-After."""
+    message = "The service is at its concurrency limit; try again shortly."
+    body = json.dumps(error_body(ServiceUnavailable.code, message)).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

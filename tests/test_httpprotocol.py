@@ -12,7 +12,7 @@ import pytest
 
 from tests.images import make_image
 from tests.processes import ServeProcess
-from tests.waiting import HANG_SECONDS
+from tests.waiting import HANG_SECONDS, eventually
 
 LIMIT = 8192
 
@@ -91,3 +91,22 @@ def test_a_head_within_the_limit_followed_by_a_big_body_in_one_write_is_served(
     answer = _exchange(serve, head + image)
     assert answer.startswith(b"HTTP/1.1 201"), answer[:300]
     assert json.loads(answer.partition(b"\r\n\r\n")[2])["size"] == len(image)
+
+
+def test_over_the_concurrency_limit_the_answer_is_the_specs_503(tmp_path: Path) -> None:
+    serve = ServeProcess(tmp_path / "data", args=["--limit-concurrency", "2"]).start()
+    try:
+        # An idle connection takes one of the two places; the request's own, the other.
+        with socket.create_connection(("127.0.0.1", serve.port), timeout=HANG_SECONDS):
+            busy = httpx.get(f"{serve.url}/healthz", timeout=HANG_SECONDS)
+        assert busy.status_code == 503
+        assert busy.headers["content-type"] == "application/json"
+        assert busy.headers["retry-after"].isdigit()
+        assert busy.json()["error"]["code"] == "service_unavailable"
+
+        def served() -> bool:  # once the server has seen the idle connection go
+            return httpx.get(f"{serve.url}/healthz", timeout=HANG_SECONDS).status_code == 200
+
+        eventually(served, "a request within the limit is served again")
+    finally:
+        assert serve.stop() == 0, serve.log.read_text()
