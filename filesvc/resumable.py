@@ -46,8 +46,10 @@ from filesvc.errors import (
 )
 from filesvc.hashstate import ResumableSha256
 from filesvc.imaging import ImageProbe
+from filesvc.metadata import MetadataStripper
 from filesvc.models import FILE_ID, ResumableUpload, StoredFile
 from filesvc.pipeline import (
+    FileReceiver,
     allowed_type,
     new_file_id,
     parse_sha256_hex,
@@ -542,43 +544,66 @@ class _Append:
                 await self.uploads._discard(self.row)
                 await storage.delete(self.row.storage_key)
             raise
+        assembled = self.row.storage_key
+        keys = [assembled]  # what goes unless the file is recorded
         try:
-            width = height = None
-            if self.content_type in RASTER_IMAGE_TYPES:
-                width, height = await check_image(
-                    storage,
-                    self.row.storage_key,
-                    self.content_type,
-                    self.settings,
-                    self.uploads.decode_budget,
-                )
-            file = await self._swap_rows(sha256, width, height)
+            file = await self._swap_rows(await self._stored_file(sha256, keys))
         except crud.CommitOutcomeUnknown as exc:
             # As the pipeline's record(): the commit may have landed before its
             # answer was lost; bytes go only when the file's row is known absent.
             with anyio.CancelScope(shield=True):
                 recorded = await self._recorded()
                 if recorded is False:
-                    await storage.delete(self.row.storage_key)
+                    for key in keys:
+                        await storage.delete(key)
                     await self.uploads._discard(self.row)
             if recorded:
+                await self._drop_assembled(keys)
                 return Progress(self.offset, self.row.expires_at, complete=True)  # it landed
             raise (exc.__cause__ or exc) from None
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await storage.delete(self.row.storage_key)
+                for key in keys:
+                    await storage.delete(key)
                 await self.uploads._discard(self.row)
             raise
+        await self._drop_assembled(keys)
         return Progress(self.offset, self.row.expires_at, complete=True, file=file)
 
-    async def _recorded(self) -> bool | None:
-        """Whether the file's row exists; None when the database cannot say."""
-        present = await recorded_ids(self.uploads.sessions, [self.row.id])
-        return None if present is None else bool(present)
+    async def _stored_file(self, sha256: str, keys: list[str]) -> StoredFile:
+        """The file's row: the assembled bytes, image-checked; or their stripped copy.
 
-    async def _swap_rows(self, sha256: str, width: int | None, height: int | None) -> StoredFile:
+        With FILESVC_STRIP_METADATA the assembled bytes pass once more through
+        the one-shot pipeline's receiver (its stripper keeps state that cannot
+        move between the requests and processes of an upload), into the file's
+        own key; the stored ``sha256`` and ``size`` are then the copy's.
+        """
         row = self.row
-        file = StoredFile(
+        assert self.content_type is not None
+        storage = self.uploads.storage
+        if self.settings.strip_metadata and MetadataStripper.for_type(self.content_type):
+            receiver = FileReceiver(
+                self.settings,
+                storage,
+                filename=row.filename,
+                file_id=row.id,
+                decode_budget=self.uploads.decode_budget,
+            )
+            async with receiver:
+                async for chunk in await storage.open_reader(row.storage_key):
+                    await receiver.feed(chunk)
+                keys.append(receiver.key)  # committed by finish(): it goes on a failure after
+                file = await receiver.finish()
+            file.visibility = row.visibility
+            file.created_at = _now()
+            return file
+        width = height = None
+        if self.content_type in RASTER_IMAGE_TYPES:
+            budget = self.uploads.decode_budget
+            width, height = await check_image(
+                storage, row.storage_key, self.content_type, self.settings, budget
+            )
+        return StoredFile(
             id=row.id,
             storage_key=row.storage_key,
             filename=row.filename,
@@ -590,6 +615,20 @@ class _Append:
             visibility=row.visibility,
             created_at=_now(),
         )
+
+    async def _drop_assembled(self, keys: list[str]) -> None:
+        """The assembled bytes, once a stripped copy of them is the file."""
+        if len(keys) > 1:
+            with anyio.CancelScope(shield=True):
+                await self.uploads.storage.delete(keys[0])
+
+    async def _recorded(self) -> bool | None:
+        """Whether the file's row exists; None when the database cannot say."""
+        present = await recorded_ids(self.uploads.sessions, [self.row.id])
+        return None if present is None else bool(present)
+
+    async def _swap_rows(self, file: StoredFile) -> StoredFile:
+        row = self.row
         async with self.uploads.sessions() as session:
             result = await session.execute(
                 delete(ResumableUpload).where(

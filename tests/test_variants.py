@@ -26,6 +26,7 @@ from filesvc.variants import variants_prefix
 from filesvc.variants_store import HEADER_SIZE
 from tests.conftest import ServerFactory
 from tests.servers import LiveServer
+from tests.tus import created, patch, upload_id
 
 SIGNING_KEY = "variant-test-key"
 ALLOWED = ["image/jpeg", "image/png", "image/gif", "image/webp", "application/pdf"]
@@ -535,6 +536,29 @@ def test_strip_metadata_at_upload(make_server: ServerFactory) -> None:
         pdf = b"%PDF-1.7\n% comment-secret\n" + b"x" * 100
         kept = client.post("/api/v1/files", params={"filename": "d.pdf"}, content=pdf)
         assert client.get(f"/files/{kept.json()['id']}").content == pdf  # not an image: as sent
+
+
+def test_strip_metadata_on_resumable_uploads(make_server: ServerFactory) -> None:
+    """A tus upload is stripped like a one-shot one, after its last byte; nothing else stays."""
+    server = make_server(allowed_types=ALLOWED, signing_key=SIGNING_KEY, strip_metadata=True)
+    original = phone_jpeg()
+    half = len(original) // 2
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        url = created(client, len(original), filename="photo.jpg", sha256=sha256_hex(original))
+        assert patch(client, url, 0, original[:half]).status_code == 204
+        assert patch(client, url, half, original[half:]).status_code == 204
+        record = client.get(f"/api/v1/files/{upload_id(url)}").json()
+        stored = client.get(f"/files/{record['id']}").content
+    for word in (b"GPSsecret", b"xmp-secret", b"comment-secret", b"Canon"):
+        assert word not in stored
+    assert dict(Image.open(io.BytesIO(stored)).getexif()) == {0x0112: 6}
+    assert record["sha256"] == sha256_hex(stored) and record["size"] == len(stored)
+    assert (record["width"], record["height"]) == (400, 300)
+    assert len(server.stored_objects()) == 1  # the assembled bytes are gone
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_tiff_and_bmp_originals_give_png(make_server: ServerFactory) -> None:
