@@ -49,6 +49,7 @@ from filesvc.imaging import ImageProbe
 from filesvc.models import FILE_ID, ResumableUpload, StoredFile
 from filesvc.pipeline import (
     allowed_type,
+    file_row,
     new_file_id,
     parse_sha256_hex,
     parse_visibility,
@@ -543,16 +544,16 @@ class _Append:
                 await storage.delete(self.row.storage_key)
             raise
         try:
-            width = height = None
+            dimensions = None
             if self.content_type in RASTER_IMAGE_TYPES:
-                width, height = await check_image(
+                dimensions = await check_image(
                     storage,
                     self.row.storage_key,
                     self.content_type,
                     self.settings,
                     self.uploads.decode_budget,
                 )
-            file = await self._swap_rows(sha256, width, height)
+            file = await self._swap_rows(self.content_type, sha256, dimensions)
         except crud.CommitOutcomeUnknown as exc:
             # As the pipeline's record(): the commit may have landed before its
             # answer was lost; bytes go only when the file's row is known absent.
@@ -576,20 +577,21 @@ class _Append:
         present = await recorded_ids(self.uploads.sessions, [self.row.id])
         return None if present is None else bool(present)
 
-    async def _swap_rows(self, sha256: str, width: int | None, height: int | None) -> StoredFile:
+    async def _swap_rows(
+        self, content_type: str, sha256: str, dimensions: tuple[int, int] | None
+    ) -> StoredFile:
         row = self.row
-        file = StoredFile(
-            id=row.id,
-            storage_key=row.storage_key,
-            filename=row.filename,
-            content_type=self.content_type,
+        file = file_row(
+            row.id,
+            row.storage_key,
+            row.filename,
+            content_type,
             size=row.length,
             sha256=sha256,
-            width=width,
-            height=height,
-            visibility=row.visibility,
-            created_at=_now(),
+            dimensions=dimensions,
         )
+        file.visibility = row.visibility
+        file.created_at = _now()
         async with self.uploads.sessions() as session:
             result = await session.execute(
                 delete(ResumableUpload).where(
