@@ -37,12 +37,15 @@ from filesvc import crud
 from filesvc.config import Settings
 from filesvc.decoding import DecodeBudget
 from filesvc.errors import (
+    ChecksumFailed,
     ChecksumMismatch,
-    FilesvcError,
-    NotFound,
+    OffsetMismatch,
     PayloadTooLarge,
     RequestTimeout,
     UnsupportedMediaType,
+    UploadExpired,
+    UploadLocked,
+    UploadNotFound,
 )
 from filesvc.hashstate import ResumableSha256
 from filesvc.imaging import ImageProbe
@@ -62,36 +65,6 @@ from filesvc.storage.resumable import KEY_PREFIX, Appender, ResumableStore, Uplo
 from filesvc.tusheaders import Checksum
 
 logger = logging.getLogger("filesvc")
-
-
-class UploadNotFound(NotFound):
-    code = "upload_not_found"
-    message = "No upload in progress has this id."
-
-
-class UploadExpired(FilesvcError):
-    status_code = 410
-    code = "upload_expired"
-    message = "This upload expired before it was complete; start a new one."
-
-
-class OffsetMismatch(FilesvcError):
-    status_code = 409
-    code = "offset_mismatch"
-    message = "Upload-Offset does not match the upload's offset."
-
-
-class UploadLocked(FilesvcError):
-    status_code = 423
-    code = "upload_locked"
-    message = "Another request is writing to this upload; retry once it is done."
-
-
-class ChecksumFailed(FilesvcError):
-    # The tus checksum extension's own status: the request's bytes are dropped.
-    status_code = 460
-    code = "checksum_failed"
-    message = "Upload-Checksum does not match the request body; its bytes were dropped."
 
 
 def resumable_key(upload_id: str) -> str:

@@ -20,7 +20,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from filesvc.deps import Resources
-from filesvc.errors import FileNotFound, SignatureRequired
+from filesvc.errors import FileNotFound, NotAnImage, SignatureRequired
 from filesvc.lookup import FileRecord
 from filesvc.models import FILE_ID
 from filesvc.schemas import ErrorBody
@@ -43,7 +43,6 @@ from filesvc.storage import ObjectNotFound, Storage
 from filesvc.variants import (
     QUERY_NAMES,
     SOURCE_TYPES,
-    NotAnImage,
     VariantQuery,
     VariantRequest,
     parse_query,
