@@ -218,6 +218,26 @@ def _export(args: argparse.Namespace) -> int:
     return run(settings, args)
 
 
+def _add_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    handler: Callable[[argparse.Namespace], int],
+    *,
+    help: str,
+    description: str | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand that runs ``handler``, its help ending in the exit codes as the top level's."""
+    command = commands.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.set_defaults(handler=handler)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="filesvc",
@@ -228,14 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser(
+    serve = _add_command(
+        commands,
         "serve",
+        _serve,
         help="run the HTTP service",
         description="Run the HTTP service under uvicorn. Logs are JSON lines on stderr; "
         "with --workers N, /metrics adds up all workers (PROMETHEUS_MULTIPROC_DIR, "
         "a temporary directory unless set).",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
@@ -289,28 +309,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --http h11: most bytes of request line and headers buffered (h11's "
         "default 16 KiB)",
     )
-    serve.set_defaults(handler=_serve)
 
-    migrate = commands.add_parser(
+    migrate = _add_command(
+        commands,
         "migrate",
+        _migrate,
         help="create or upgrade the database schema (needed for PostgreSQL)",
         description="Bring the database schema to a revision (default: the newest). "
         "With --check, change nothing: exit 0 when the schema is current, 1 when not.",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     migrate.add_argument("--revision", default="head", help="target revision (default head)")
     migrate.add_argument(
         "--check", action="store_true", help="exit 1 unless the schema is up to date"
     )
-    migrate.set_defaults(handler=_migrate)
 
-    check = commands.add_parser(
+    check = _add_command(
+        commands,
         "check",
+        _check,
         help="find rows without bytes, bytes without rows and unfinished uploads left by a "
         "crash; exit 1 if any (0 with --fix)",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument(
         "--fix",
@@ -323,16 +341,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds an unrecorded object must be old to count (default "
         "FILESVC_INCOMPLETE_UPLOAD_GRACE); younger ones may be uploads in progress",
     )
-    check.set_defaults(handler=_check)
 
-    export = commands.add_parser(
+    export = _add_command(
+        commands,
         "export",
+        _export,
         help="write a dataset as CSV, as GET /api/v1/exports/NAME.csv does",
         description="Write dataset NAME (files, or a table in FILESVC_EXPORT_TABLES) as CSV. "
         "The options are the route's query parameters, e.g. "
         "filesvc export files --columns id,size --order-by=-size --filter size__gt=1000 -o big.csv",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("name", metavar="NAME", help="the dataset")
     export.add_argument("-o", "--output", default="-", help="file to write (default -: stdout)")
@@ -364,7 +381,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not prefix ' to text cells that begin with = + - @ tab or CR",
     )
-    export.set_defaults(handler=_export)
     return parser
 
 

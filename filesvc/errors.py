@@ -80,6 +80,21 @@ class FileNotFound(NotFound):
     message = "No file has this id."
 
 
+class UploadNotFound(NotFound):
+    code = "upload_not_found"
+    message = "No upload in progress has this id."
+
+
+class PresetNotFound(NotFound):
+    code = "variant_not_found"
+    message = "No image variant preset has this name."
+
+
+class NotAnImage(NotFound):
+    code = "variant_not_available"
+    message = "Variants exist only for raster images."
+
+
 class MethodNotAllowed(FilesvcError):
     status_code = 405
     code = "method_not_allowed"
@@ -90,6 +105,18 @@ class RequestTimeout(FilesvcError):
     status_code = 408
     code = "request_timeout"
     message = "The request body arrived too slowly."
+
+
+class OffsetMismatch(FilesvcError):
+    status_code = 409
+    code = "offset_mismatch"
+    message = "Upload-Offset does not match the upload's offset."
+
+
+class UploadExpired(FilesvcError):
+    status_code = 410
+    code = "upload_expired"
+    message = "This upload expired before it was complete; start a new one."
 
 
 class PreconditionFailed(FilesvcError):
@@ -126,6 +153,19 @@ class ChecksumMismatch(FilesvcError):
     status_code = 422
     code = "checksum_mismatch"
     message = "The SHA-256 of the received bytes differs from the one stated."
+
+
+class UploadLocked(FilesvcError):
+    status_code = 423
+    code = "upload_locked"
+    message = "Another request is writing to this upload; retry once it is done."
+
+
+class ChecksumFailed(FilesvcError):
+    # The tus checksum extension's own status: the request's bytes are dropped.
+    status_code = 460
+    code = "checksum_failed"
+    message = "Upload-Checksum does not match the request body; its bytes were dropped."
 
 
 class InsufficientStorage(FilesvcError):

@@ -19,7 +19,7 @@ import glob
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from prometheus_client import (
@@ -52,13 +52,19 @@ class Metrics:
     """The service's metrics, registered on a registry of their own."""
 
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        registry = self.registry
-        self.requests = Counter(
+        self.registry = registry = CollectorRegistry()
+
+        def counter(name: str, documentation: str, labels: Sequence[str] = ()) -> Counter:
+            return Counter(name, documentation, labels, registry=registry)
+
+        def live_gauge(name: str, documentation: str) -> Gauge:
+            # Added up over the live workers: a worker's share goes when it exits.
+            return Gauge(name, documentation, multiprocess_mode="livesum", registry=registry)
+
+        self.requests = counter(
             "filesvc_http_requests",
             "HTTP requests answered, by method, route template and status.",
             ["method", "route", "status"],
-            registry=registry,
         )
         self.request_duration = Histogram(
             "filesvc_http_request_duration_seconds",
@@ -67,28 +73,22 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        self.served_bytes = Counter(
+        self.served_bytes = counter(
             "filesvc_served_bytes",
             "Response body bytes sent (files, exports, API answers), by route template.",
             ["route"],
-            registry=registry,
         )
-        self.uploaded_bytes = Counter(
+        self.uploaded_bytes = counter(
             "filesvc_uploaded_bytes",
             "Request body bytes received by the upload routes, refused uploads included.",
-            registry=registry,
         )
-        self.upload_refusals = Counter(
+        self.upload_refusals = counter(
             "filesvc_upload_refusals",
             "Uploads answered with an error, by the error's code.",
             ["reason"],
-            registry=registry,
         )
-        self.uploads_in_progress = Gauge(
-            "filesvc_uploads_in_progress",
-            "Upload requests being received right now.",
-            multiprocess_mode="livesum",
-            registry=registry,
+        self.uploads_in_progress = live_gauge(
+            "filesvc_uploads_in_progress", "Upload requests being received right now."
         )
         self.resumable_uploads = Gauge(
             "filesvc_resumable_uploads",
@@ -97,54 +97,38 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=registry,
         )
-        self.resumable_requests_in_progress = Gauge(
+        self.resumable_requests_in_progress = live_gauge(
             "filesvc_resumable_requests_in_progress",
             "Resumable (tus) upload requests receiving bytes right now.",
-            multiprocess_mode="livesum",
-            registry=registry,
         )
-        self.exports_in_progress = Gauge(
-            "filesvc_exports_in_progress",
-            "CSV exports being streamed right now.",
-            multiprocess_mode="livesum",
-            registry=registry,
+        self.exports_in_progress = live_gauge(
+            "filesvc_exports_in_progress", "CSV exports being streamed right now."
         )
-        self.decode_bytes_in_use = Gauge(
+        self.decode_bytes_in_use = live_gauge(
             "filesvc_image_decode_bytes_in_use",
             "Bytes of the image-decoding memory budget reserved right now.",
-            multiprocess_mode="livesum",
-            registry=registry,
         )
-        self.export_slots_in_use = Gauge(
+        self.export_slots_in_use = live_gauge(
             "filesvc_export_slots_in_use",
             "Export slots held (an export holds one, with its database connection, from "
             "connecting to its last byte); FILESVC_MAX_CONCURRENT_EXPORTS per process.",
-            multiprocess_mode="livesum",
-            registry=registry,
         )
-        self.export_slots = Gauge(
+        self.export_slots = live_gauge(
             "filesvc_export_slots",
             "Export slots there are (FILESVC_MAX_CONCURRENT_EXPORTS per process).",
-            multiprocess_mode="livesum",
-            registry=registry,
         )
-        self.export_rows = Counter(
-            "filesvc_export_rows",
-            "Rows written into CSV exports, by dataset.",
-            ["dataset"],
-            registry=registry,
+        self.export_rows = counter(
+            "filesvc_export_rows", "Rows written into CSV exports, by dataset.", ["dataset"]
         )
-        self.export_bytes = Counter(
+        self.export_bytes = counter(
             "filesvc_export_bytes",
             "CSV bytes sent by exports (gzipped when the client accepts it), by dataset.",
             ["dataset"],
-            registry=registry,
         )
-        self.variant_renders = Counter(
+        self.variant_renders = counter(
             "filesvc_variant_renders",
             "Image variants rendered and stored (not those served from storage), by format.",
             ["format"],
-            registry=registry,
         )
         if multiprocess_dir() is None:
             # Per-process facts mean nothing once added up over workers.

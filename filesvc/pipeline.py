@@ -93,6 +93,34 @@ def parse_sha256_hex(value: str) -> str:
     return value.strip().lower()
 
 
+def file_row(
+    file_id: str,
+    storage_key: str,
+    filename: str,
+    content_type: str,
+    *,
+    size: int,
+    sha256: str,
+    dimensions: tuple[int, int] | None,
+) -> StoredFile:
+    """The row of a file whose bytes are committed and checked, however they came.
+
+    Not recorded yet: its visibility and creation time are set as it is
+    (:meth:`UploadPipeline.record`, or a resumable upload's last request).
+    """
+    width, height = dimensions or (None, None)
+    return StoredFile(
+        id=file_id,
+        storage_key=storage_key,
+        filename=filename,
+        content_type=content_type,
+        size=size,
+        sha256=sha256,
+        width=width,
+        height=height,
+    )
+
+
 def allowed_type(head: bytes, settings: Settings) -> str:
     """The type ``head`` (a file's first bytes) proves, if the settings allow it; else 415.
 
@@ -248,24 +276,23 @@ class FileReceiver:
                 await anyio.to_thread.run_sync(self._digest_and_write, self._writer, b"", True)
             else:
                 await self._writer.write(await anyio.to_thread.run_sync(self._digest, b"", True))
-        width = height = None
+        dimensions = None
         if self._probe is not None:
-            width, height = await anyio.to_thread.run_sync(self._probe.finish)
+            dimensions = await anyio.to_thread.run_sync(self._probe.finish)
         sha256 = self._hash.hexdigest()
         received = self._received_hash.hexdigest() if self._stripper is not None else sha256
         if self.expected_sha256 is not None and self.expected_sha256 != received:
             raise ChecksumMismatch(details={"expected": self.expected_sha256, "received": received})
         assert self._writer is not None and self.content_type is not None
         await self._writer.commit()
-        return StoredFile(
-            id=self.id,
-            storage_key=self.key,
-            filename=self.filename,
-            content_type=self.content_type,
+        return file_row(
+            self.id,
+            self.key,
+            self.filename,
+            self.content_type,
             size=self.stored_size,
             sha256=sha256,
-            width=width,
-            height=height,
+            dimensions=dimensions,
         )
 
 

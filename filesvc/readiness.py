@@ -59,13 +59,7 @@ async def check_database(engine: AsyncEngine) -> None:
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         await _check_sqlite_file(url)
         return
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(PROBE_QUERY)
-    except DBAPIError as exc:
-        if is_schema_missing(exc):
-            raise DatabaseUnavailable(SCHEMA_MISSING) from exc
-        raise
+    await _query_files(engine)
 
 
 async def _check_sqlite_file(url: URL) -> None:
@@ -77,14 +71,20 @@ async def _check_sqlite_file(url: URL) -> None:
         raise FileNotFoundError(f"no database file at {url.database}")
     engine = create_async_engine(url, poolclass=NullPool)
     try:
+        await _query_files(engine)
+    finally:
+        await engine.dispose()
+
+
+async def _query_files(engine: AsyncEngine) -> None:
+    """Run :data:`PROBE_QUERY`; a missing schema is :class:`DatabaseUnavailable`."""
+    try:
         async with engine.connect() as connection:
             await connection.execute(PROBE_QUERY)
     except DBAPIError as exc:
         if is_schema_missing(exc):
             raise DatabaseUnavailable(SCHEMA_MISSING) from exc
         raise
-    finally:
-        await engine.dispose()
 
 
 async def probe(check: Callable[[], Awaitable[None]], timeout: float) -> BaseException | None:

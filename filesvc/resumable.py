@@ -37,12 +37,15 @@ from filesvc import crud
 from filesvc.config import Settings
 from filesvc.decoding import DecodeBudget
 from filesvc.errors import (
+    ChecksumFailed,
     ChecksumMismatch,
-    FilesvcError,
-    NotFound,
+    OffsetMismatch,
     PayloadTooLarge,
     RequestTimeout,
     UnsupportedMediaType,
+    UploadExpired,
+    UploadLocked,
+    UploadNotFound,
 )
 from filesvc.hashstate import ResumableSha256
 from filesvc.imaging import ImageProbe
@@ -51,6 +54,7 @@ from filesvc.models import FILE_ID, ResumableUpload, StoredFile
 from filesvc.pipeline import (
     FileReceiver,
     allowed_type,
+    file_row,
     new_file_id,
     parse_sha256_hex,
     parse_visibility,
@@ -63,36 +67,6 @@ from filesvc.storage.resumable import KEY_PREFIX, Appender, ResumableStore, Uplo
 from filesvc.tusheaders import Checksum
 
 logger = logging.getLogger("filesvc")
-
-
-class UploadNotFound(NotFound):
-    code = "upload_not_found"
-    message = "No upload in progress has this id."
-
-
-class UploadExpired(FilesvcError):
-    status_code = 410
-    code = "upload_expired"
-    message = "This upload expired before it was complete; start a new one."
-
-
-class OffsetMismatch(FilesvcError):
-    status_code = 409
-    code = "offset_mismatch"
-    message = "Upload-Offset does not match the upload's offset."
-
-
-class UploadLocked(FilesvcError):
-    status_code = 423
-    code = "upload_locked"
-    message = "Another request is writing to this upload; retry once it is done."
-
-
-class ChecksumFailed(FilesvcError):
-    # The tus checksum extension's own status: the request's bytes are dropped.
-    status_code = 460
-    code = "checksum_failed"
-    message = "Upload-Checksum does not match the request body; its bytes were dropped."
 
 
 def resumable_key(upload_id: str) -> str:
@@ -544,8 +518,7 @@ class _Append:
                 await self.uploads._discard(self.row)
                 await storage.delete(self.row.storage_key)
             raise
-        assembled = self.row.storage_key
-        keys = [assembled]  # what goes unless the file is recorded
+        keys = [self.row.storage_key]  # what goes unless the file is recorded
         try:
             file = await self._swap_rows(await self._stored_file(sha256, keys))
         except crud.CommitOutcomeUnknown as exc:
@@ -594,27 +567,25 @@ class _Append:
                     await receiver.feed(chunk)
                 keys.append(receiver.key)  # committed by finish(): it goes on a failure after
                 file = await receiver.finish()
-            file.visibility = row.visibility
-            file.created_at = _now()
-            return file
-        width = height = None
-        if self.content_type in RASTER_IMAGE_TYPES:
-            budget = self.uploads.decode_budget
-            width, height = await check_image(
-                storage, row.storage_key, self.content_type, self.settings, budget
+        else:
+            dimensions = None
+            if self.content_type in RASTER_IMAGE_TYPES:
+                budget = self.uploads.decode_budget
+                dimensions = await check_image(
+                    storage, row.storage_key, self.content_type, self.settings, budget
+                )
+            file = file_row(
+                row.id,
+                row.storage_key,
+                row.filename,
+                self.content_type,
+                size=row.length,
+                sha256=sha256,
+                dimensions=dimensions,
             )
-        return StoredFile(
-            id=row.id,
-            storage_key=row.storage_key,
-            filename=row.filename,
-            content_type=self.content_type,
-            size=row.length,
-            sha256=sha256,
-            width=width,
-            height=height,
-            visibility=row.visibility,
-            created_at=_now(),
-        )
+        file.visibility = row.visibility
+        file.created_at = _now()
+        return file
 
     async def _drop_assembled(self, keys: list[str]) -> None:
         """The assembled bytes, once a stripped copy of them is the file."""

@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Self
@@ -224,6 +224,33 @@ _LIST_GAP = re.compile(r"[ \t,]*")
 _ETAG_MEMBER = re.compile(r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"[ \t]*(?:,|\Z)')
 
 
+def _list_members(value: str, member: re.Pattern[str]) -> Iterator[re.Match[str] | None]:
+    """The members of a comma-separated list (RFC 9110 §5.6.1) as ``member`` matches them.
+
+    Empty members and the whitespace around them are skipped. A member that
+    does not match is None, and scanning goes on after the next comma. Lazy:
+    a caller that stops early has scanned no further, and each step moves
+    forward (time linear in the characters looked at).
+    """
+    position = 0
+    end = len(value)
+    while True:
+        gap = _LIST_GAP.match(value, position)
+        assert gap is not None  # it matches the empty string
+        position = gap.end()
+        if position >= end:
+            return
+        match = member.match(value, position)
+        yield match
+        if match is not None:
+            position = match.end()
+            continue
+        comma = value.find(",", position)
+        if comma < 0:
+            return
+        position = comma + 1
+
+
 def parse_entity_tags(value: str, *, limit: int = MAX_ENTITY_TAGS) -> list[EntityTag] | None:
     """The members of an ``If-Match``/``If-None-Match`` list; None for ``*``.
 
@@ -236,27 +263,12 @@ def parse_entity_tags(value: str, *, limit: int = MAX_ENTITY_TAGS) -> list[Entit
     if value.strip() == "*":
         return None
     tags: list[EntityTag] = []
-    position = 0
-    members = 0
-    end = len(value)
-    while True:
-        gap = _LIST_GAP.match(value, position)
-        assert gap is not None  # it matches the empty string
-        position = gap.end()
-        if position >= end:
-            return tags
-        members += 1
+    for members, match in enumerate(_list_members(value, _ETAG_MEMBER), 1):
         if members > limit:
             return []
-        match = _ETAG_MEMBER.match(value, position)
-        if match is not None:
+        if match is not None:  # a malformed member matches nothing
             tags.append(EntityTag(bool(match.group(1)), match.group(2)))
-            position = match.end()
-            continue
-        comma = value.find(",", position)  # a malformed member: skip to the next
-        if comma < 0:
-            return tags
-        position = comma + 1
+    return tags
 
 
 def strong_match(tags: list[EntityTag] | None, opaque: str) -> bool:
@@ -299,23 +311,11 @@ def parse_range(value: str, size: int) -> list[ByteRange] | None:
     if not equals or unit.strip().lower() != "bytes":
         return None
     ranges: list[ByteRange] = []
-    specs = 0
-    position = 0
-    end = len(range_set)
-    while True:
-        gap = _LIST_GAP.match(range_set, position)
-        assert gap is not None  # it matches the empty string
-        position = gap.end()
-        if position >= end:
-            break
-        match = _RANGE_SPEC.match(range_set, position)
-        if match is None:
+    specs = 0  # the loop counts them; none at all is invalid
+    for specs, match in enumerate(_list_members(range_set, _RANGE_SPEC), 1):
+        if match is None or specs > MAX_RANGES:
             return None
-        position = match.end()
         first, last = match.groups()
-        specs += 1
-        if specs > MAX_RANGES:
-            return None
         if first:
             start = _position(first)
             if last:

@@ -19,7 +19,7 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from filesvc.errors import InvalidRequest, NotFound
+from filesvc.errors import InvalidRequest, PresetNotFound
 from filesvc.sniffing import PILLOW_FORMATS
 
 Fit = Literal["cover", "contain", "inside"]
@@ -57,16 +57,6 @@ _ORIGINAL_FORMATS: dict[str, OutputFormat] = {
 
 #: Types a variant can be rendered from.
 SOURCE_TYPES = frozenset(PILLOW_FORMATS)
-
-
-class PresetNotFound(NotFound):
-    code = "variant_not_found"
-    message = "No image variant preset has this name."
-
-
-class NotAnImage(NotFound):
-    code = "variant_not_available"
-    message = "Variants exist only for raster images."
 
 
 def check_box(

@@ -104,6 +104,26 @@ def copy_from(page: Page, row: Locator, button: str) -> Any:
     return page.evaluate("navigator.clipboard.readText()")
 
 
+def upload_numbered(client: httpx.Client, count: int) -> None:
+    """Small images ``file-0.png`` (the oldest) to ``file-{count - 1}.png``, each its own size."""
+    for number in range(count):
+        upload_via_api(client, f"file-{number}.png", make_image("image/png", (8 + number, 8)))
+
+
+def wait_for_rows(page: Page, count: int) -> None:
+    """Until the list of recent files shows ``count`` rows."""
+    page.wait_for_function(
+        "(count) => document.querySelectorAll('#recent .file-row').length === count", arg=count
+    )
+
+
+def pick_columns(form: Locator, *columns: str) -> None:
+    """Untick every column of an export form, then tick ``columns``."""
+    form.get_by_role("button", name="None").click()
+    for column in columns:
+        form.locator(f"input[name=column][value={column}]").check()
+
+
 def wait_for_tiles(page: Page, state: str, count: int) -> None:
     page.wait_for_function(
         "([state, count]) => document.querySelectorAll("
@@ -164,17 +184,7 @@ def test_three_images_upload_with_progress_and_thumbnails(
 
     stored = {item["filename"] for item in listed(client)}
     assert stored == set(originals)
-    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 3")
-    tab.assert_no_errors()
-
-
-def test_copy_button_puts_the_absolute_url_on_the_clipboard(
-    tab: PageWatch, server: LiveServer, client: httpx.Client
-) -> None:
-    file = upload_via_api(client, "copy me.png", make_image())
-    page = open_page(tab, server, clipboard=True)
-    copied = copy_from(page, row_of(page, file), "Copy the URL of copy me.png")
-    assert copied == server.url + file["url"]
+    wait_for_rows(page, 3)
     tab.assert_no_errors()
 
 
@@ -280,25 +290,24 @@ def test_keyboard_and_drop_both_upload(
 def test_recent_files_page_through_everything(
     tab: PageWatch, server: LiveServer, client: httpx.Client
 ) -> None:
-    for number in range(7):
-        upload_via_api(client, f"file-{number}.png", make_image("image/png", (8 + number, 8)))
+    upload_numbered(client, 7)
     page = open_page(tab, server)
     rows = page.locator("#recent .file-name")
-    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 7")
+    wait_for_rows(page, 7)
 
     page.get_by_label("Per page").select_option("5")
-    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 5")
+    wait_for_rows(page, 5)
     assert rows.all_inner_texts() == [f"file-{n}.png" for n in (6, 5, 4, 3, 2)]
     assert page.get_by_role("button", name="Newer").is_disabled()
 
     page.get_by_role("button", name="Older").click()
-    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 2")
+    wait_for_rows(page, 2)
     assert rows.all_inner_texts() == ["file-1.png", "file-0.png"]
     assert page.get_by_role("button", name="Older").is_disabled()
     assert page.locator("#page-number").inner_text() == "Page 2"
 
     page.get_by_role("button", name="Newer").click()
-    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 5")
+    wait_for_rows(page, 5)
     assert rows.all_inner_texts()[0] == "file-6.png"
     tab.assert_no_errors()
 
@@ -312,9 +321,7 @@ def test_export_download_has_exactly_the_picked_columns(
         upload_via_api(client, name, make_image())
     page = open_page(tab, server)
     form = page.locator("form.dataset[data-name=files]")
-    form.get_by_role("button", name="None").click()
-    form.locator("input[name=column][value=filename]").check()
-    form.locator("input[name=column][value=size]").check()
+    pick_columns(form, "filename", "size")
     form.get_by_label("Row limit").fill("2")
     assert form.get_by_label("Delimiter").input_value() == "comma"
     assert not form.get_by_label("Byte order mark, for Excel").is_checked()
@@ -359,13 +366,13 @@ def test_api_key_is_asked_once_and_a_wrong_key_is_refused(
         key_input.fill("right-key")
         page.get_by_role("button", name="Use key").click()
         page.locator("#key-panel").wait_for(state="hidden")
-        page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 1")
+        wait_for_rows(page, 1)
         page.set_input_files("#file-input", [payload("with-key.png", make_image())])
         wait_for_tiles(page, "done", 1)
         assert page.evaluate("sessionStorage.getItem('filesvc.apiKey')") == "right-key"
 
         page.reload()  # kept for the tab: not asked again
-        page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 2")
+        wait_for_rows(page, 2)
         assert page.locator("#key-panel").is_hidden()
         assert page.locator("#key-state").is_visible()
         headers = {"X-API-Key": "right-key"}
@@ -396,7 +403,7 @@ def test_screenshots_desktop_and_phone(tab: PageWatch, make_server: ServerFactor
     )
     wait_for_tiles(page, "done", 3)
     wait_for_tiles(page, "error", 1)
-    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 5")
+    wait_for_rows(page, 5)
     page.wait_for_function(
         "() => [...document.images].every(img => img.complete && img.naturalWidth > 0)"
     )
@@ -494,10 +501,9 @@ def _box(page: Page, selector: str) -> dict[str, float]:
 def test_the_export_panel_is_not_under_the_recent_files(
     tab: PageWatch, server: LiveServer, client: httpx.Client
 ) -> None:
-    for number in range(10):
-        upload_via_api(client, f"file-{number}.png", make_image("image/png", (8 + number, 8)))
+    upload_numbered(client, 10)
     page = open_page(tab, server)
-    page.wait_for_function("() => document.querySelectorAll('#recent .file-row').length === 10")
+    wait_for_rows(page, 10)
     page.locator("form.dataset[data-name=files]").wait_for()
 
     upload, recent, exports = (
@@ -525,9 +531,7 @@ def test_export_for_excel_with_bom_and_semicolons(
     upload_via_api(client, "été;1.png", make_image())
     page = open_page(tab, server)
     form = page.locator("form.dataset[data-name=files]")
-    form.get_by_role("button", name="None").click()
-    form.locator("input[name=column][value=filename]").check()
-    form.locator("input[name=column][value=size]").check()
+    pick_columns(form, "filename", "size")
     form.get_by_label("Delimiter").select_option("semicolon")
     form.get_by_label("Byte order mark, for Excel").check()
     with page.expect_download() as download:
@@ -560,9 +564,7 @@ def test_export_as_parquet(
     # The CSV options do not apply to a typed, binary format.
     assert form.get_by_label("Delimiter").is_hidden()
     assert form.get_by_label("Byte order mark, for Excel").is_hidden()
-    form.get_by_role("button", name="None").click()
-    form.locator("input[name=column][value=filename]").check()
-    form.locator("input[name=column][value=size]").check()
+    pick_columns(form, "filename", "size")
     with page.expect_download() as download:
         form.get_by_role("button", name="Download Parquet").click()
     assert download.value.suggested_filename.endswith(".parquet")
@@ -615,6 +617,7 @@ def test_thumbnails_are_small_variants(
 def test_copy_offers_the_original_and_the_preview(
     tab: PageWatch, server: LiveServer, client: httpx.Client
 ) -> None:
+    """Each copy button puts its absolute URL on the clipboard; a later copy replaces it."""
     file = upload_via_api(client, "photo.png", make_image())
     page = open_page(tab, server, clipboard=True)
     row = row_of(page, file)

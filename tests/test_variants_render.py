@@ -10,11 +10,10 @@ import pytest
 from PIL import Image
 
 from filesvc.decoding import DecodeBudget
-from filesvc.errors import InvalidContent, InvalidRequest
+from filesvc.errors import InvalidContent, InvalidRequest, PresetNotFound
 from filesvc.variants import (
     DEFAULT_PRESETS,
     Preset,
-    PresetNotFound,
     VariantQuery,
     VariantSpec,
     original_key_of,

@@ -22,6 +22,7 @@ import anyio
 from filesvc.config import Settings
 from filesvc.errors import InvalidRequest, NotFound
 from filesvc.exitcodes import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, report_failure
+from filesvc.storage.local import fsync_dir
 
 #: Seconds between two updates of the progress line.
 PROGRESS_INTERVAL = 0.5
@@ -136,14 +137,6 @@ def _is_special(target: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """The ``export`` command; its exit code."""
     try:
@@ -172,7 +165,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                 out.flush()
                 os.fsync(out.fileno())  # the bytes are on disk before the name is
             os.replace(partial, target)
-            _fsync_dir(target.parent)  # and the rename survives a crash too
+            fsync_dir(target.parent)  # and the rename survives a crash too
         finally:
             partial.unlink(missing_ok=True)  # a failed export leaves no file behind
         return EXIT_OK

@@ -50,7 +50,8 @@ def file_out(settings: Settings, row: StoredFile) -> FileOut:
 _UPLOAD_ERRORS = error_responses(400, 401, 403, 408, 413, 415, 422, 503, 507)
 
 
-def _upload_body(batch: bool) -> dict[str, Any]:
+def _upload_route(batch: bool) -> dict[str, Any]:
+    """What both upload routes declare: 201, the write scope, their errors and body."""
     file_schema: dict[str, Any] = {"type": "string", "format": "binary"}
     properties: dict[str, Any] = {
         "file": {"type": "array", "items": file_schema, "minItems": 1} if batch else file_schema,
@@ -68,7 +69,12 @@ def _upload_body(batch: bool) -> dict[str, Any]:
     }
     if not batch:
         content["application/octet-stream"] = {"schema": file_schema}
-    return {"requestBody": {"required": True, "content": content}}
+    return {
+        "status_code": 201,
+        "dependencies": [require("files:write")],
+        "responses": _UPLOAD_ERRORS,
+        "openapi_extra": {"requestBody": {"required": True, "content": content}},
+    }
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -85,16 +91,13 @@ def _utc(moment: datetime | None) -> datetime | None:
 
 @router.post(
     "",
-    status_code=201,
     response_model=FileOut,
     summary="Upload one file",
-    dependencies=[require("files:write")],
     description="A multipart/form-data body with one part named `file` (and optional fields "
     "`visibility`, `sha256`), or any other body as the raw file (name from `?filename=`, "
     "checksum from an RFC 9530 `Repr-Digest: sha-256=:…:` header). The type is detected "
     "from the bytes.",
-    openapi_extra=_upload_body(batch=False),
-    responses=_UPLOAD_ERRORS,
+    **_upload_route(batch=False),
 )
 async def upload_file(
     request: Request,
@@ -119,14 +122,11 @@ async def upload_file(
 
 @router.post(
     "/batch",
-    status_code=201,
     response_model=FileBatch,
     summary="Upload several files, all or nothing",
-    dependencies=[require("files:write")],
     description="Several parts named `file`. If one is refused, none is kept; the error's "
     "`details` give the part's `index` and `filename`.",
-    openapi_extra=_upload_body(batch=True),
-    responses=_UPLOAD_ERRORS,
+    **_upload_route(batch=True),
 )
 async def upload_batch(request: Request, resources: ResourcesDep) -> FileBatch:
     settings = resources.settings

@@ -11,16 +11,16 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.routing import APIRoute
 from starlette.datastructures import QueryParams
 from starlette.responses import RedirectResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from filesvc.deps import Resources
-from filesvc.errors import FileNotFound, SignatureRequired
+from filesvc.errors import FileNotFound, NotAnImage, SignatureRequired
 from filesvc.lookup import FileRecord
 from filesvc.models import FILE_ID
 from filesvc.schemas import ErrorBody
@@ -43,7 +43,6 @@ from filesvc.storage import ObjectNotFound, Storage
 from filesvc.variants import (
     QUERY_NAMES,
     SOURCE_TYPES,
-    NotAnImage,
     VariantQuery,
     VariantRequest,
     parse_query,
@@ -307,9 +306,31 @@ async def _ranged(
     return StoredFileResponse(206, headers, body=chunks, content_length=multipart.content_length)
 
 
-def _variant_query(*values: str | None) -> VariantQuery | None:
-    given = dict(zip(QUERY_NAMES, values, strict=True))
-    return parse_query({name: value for name, value in given.items() if value is not None})
+class StaticQuery(NamedTuple):
+    """A static URL's query, as :func:`respond` takes it."""
+
+    expires: str | None
+    signature: str | None
+    variant: VariantQuery | None
+
+
+def _static_query(
+    expires: ExpiresQuery = None,
+    signature: SignatureQuery = None,
+    variant: VariantQueryParam = None,
+    w: SideQuery = None,
+    h: SideQuery = None,
+    fit: FitQuery = None,
+    format: FormatQuery = None,
+    q: QualityQuery = None,
+) -> StaticQuery:
+    """The query parameters both static URLs take, declared once for FastAPI and OpenAPI."""
+    given = dict(zip(QUERY_NAMES, (variant, w, h, fit, format, q), strict=True))
+    wanted = parse_query({name: value for name, value in given.items() if value is not None})
+    return StaticQuery(expires, signature, wanted)
+
+
+StaticQueryDep = Annotated[StaticQuery, Depends(_static_query)]
 
 
 # Decorators apply bottom-up: GET, the common case, is registered (and tried) first.
@@ -318,36 +339,13 @@ def _variant_query(*values: str | None) -> VariantQuery | None:
 )
 @router.get("/files/{file_id}/{name:path}", summary="A stored file, by a readable URL", **_ROUTE)
 async def serve_named_file(
-    request: Request,
-    file_id: str,
-    name: str,
-    expires: ExpiresQuery = None,
-    signature: SignatureQuery = None,
-    variant: VariantQueryParam = None,
-    w: SideQuery = None,
-    h: SideQuery = None,
-    fit: FitQuery = None,
-    format: FormatQuery = None,
-    q: QualityQuery = None,
+    request: Request, file_id: str, name: str, query: StaticQueryDep
 ) -> Response:
     """``name`` is only for people and tools that save by URL; it is never looked up."""
-    wanted = _variant_query(variant, w, h, fit, format, q)
-    return await respond(request.scope, file_id, expires, signature, wanted)
+    return await respond(request.scope, file_id, *query)
 
 
 @router.head("/files/{file_id}", summary="A stored file's headers", **_ROUTE)
 @router.get("/files/{file_id}", summary="A stored file", **_ROUTE)
-async def serve_file(
-    request: Request,
-    file_id: str,
-    expires: ExpiresQuery = None,
-    signature: SignatureQuery = None,
-    variant: VariantQueryParam = None,
-    w: SideQuery = None,
-    h: SideQuery = None,
-    fit: FitQuery = None,
-    format: FormatQuery = None,
-    q: QualityQuery = None,
-) -> Response:
-    wanted = _variant_query(variant, w, h, fit, format, q)
-    return await respond(request.scope, file_id, expires, signature, wanted)
+async def serve_file(request: Request, file_id: str, query: StaticQueryDep) -> Response:
+    return await respond(request.scope, file_id, *query)

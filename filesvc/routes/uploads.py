@@ -17,11 +17,11 @@ from fastapi.routing import APIRoute
 from filesvc.auth import require
 from filesvc.bodies import client_paced_body
 from filesvc.deps import ResourcesDep
-from filesvc.errors import FilesvcError, InvalidRequest
+from filesvc.errors import ChecksumFailed, FilesvcError, InvalidRequest, UploadNotFound
 from filesvc.handlers import error_response
 from filesvc.metrics import Metrics
 from filesvc.models import ResumableUpload
-from filesvc.resumable import ChecksumFailed, UploadNotFound, Uploads
+from filesvc.resumable import Uploads
 from filesvc.schemas import error_responses
 from filesvc.tusheaders import (
     CHECKSUM_ALGORITHMS,

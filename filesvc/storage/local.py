@@ -87,7 +87,7 @@ class LocalWriter(StorageWriter):
             await anyio.to_thread.run_sync(os.fsync, self._fd)
             self._close()
             await aiofiles.os.replace(self._temp, self._final)
-            await anyio.to_thread.run_sync(_fsync_dir, self._final.parent)
+            await anyio.to_thread.run_sync(fsync_dir, self._final.parent)
         self.committed = True
 
     async def abort(self) -> None:
@@ -125,7 +125,8 @@ def start_write_back(fd: int, offset: int, length: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a directory's entries: a file just renamed into it survives a crash."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 
 from filesvc.storage.base import ObjectNotFound
-from filesvc.storage.local import LocalStorage, _fsync_dir, _translated_os_errors
+from filesvc.storage.local import LocalStorage, _translated_os_errors, fsync_dir
 from filesvc.storage.resumable import Appender, ResumableStore, State, UploadLost
 
 
@@ -56,7 +56,7 @@ class LocalAppender(Appender):
             os.fsync(self._fd)
             self._final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._temp, self._final)
-            _fsync_dir(self._final.parent)
+            fsync_dir(self._final.parent)
 
         with _translated_os_errors():
             await anyio.to_thread.run_sync(move)
